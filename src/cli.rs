@@ -1,0 +1,1 @@
+//! INTERFACE STUB — command line (`crawler store` with etcd's flag names).

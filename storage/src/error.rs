@@ -1,0 +1,33 @@
+//! Typed errors of the storage layer. Texts are etcd's exact error strings where etcd has one.
+
+use serde::{Deserialize, Serialize};
+
+/// A deterministic failure of a command or read against the MVCC store.
+///
+/// These travel in `ApplyResponse` through the raft log, so they are plain data (serde).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApplyError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+}
+
+/// Any error of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("storage: sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: corrupt data: {0}")]
+    Corrupt(String),
+    #[error("storage: {0}")]
+    Other(String),
+}

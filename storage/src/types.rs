@@ -1,0 +1,270 @@
+//! The store's own request, response and event types.
+//!
+//! They mirror etcd's v3 messages field by field so that the gRPC layer is a thin translation, but they
+//! carry no protobuf or gRPC dependency. Commands are serialized into the raft log with serde.
+
+use serde::{Deserialize, Serialize};
+
+/// One version of one key, as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+/// Kind of a change event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Put,
+    Delete,
+}
+
+/// One change to one key at one revision, as etcd's `mvccpb.Event`.
+///
+/// For a delete, `kv` holds the key, `mod_revision` = the deletion revision and everything else zero.
+/// `prev_kv` is always filled by the store when a previous version exists; watchers that did not ask
+/// for it drop it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventType,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Result ordering of a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// Field a range is sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// etcd `RangeRequest`. `range_end` empty = the single key; `[0]` = every key >= `key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub limit: i64,
+    pub revision: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub serializable: bool,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+/// etcd `RangeResponse` without its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub count: i64,
+}
+
+/// etcd `PutRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+/// etcd `PutResponse` without its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// etcd `DeleteRangeRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+/// etcd `DeleteRangeResponse` without its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResponse {
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// Comparison operator of a txn compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a txn compare looks at, with the operand to compare against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+/// etcd `Compare`: holds for every key in `[key, range_end)` (or the single key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub result: CompareResult,
+    pub target: CompareTarget,
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+/// One operation of a txn branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+/// The result of one txn operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseOp {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+/// etcd `TxnRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<RequestOp>,
+    pub failure: Vec<RequestOp>,
+}
+
+impl TxnRequest {
+    /// True when neither branch (nor any nested txn) writes.
+    pub fn is_read_only(&self) -> bool {
+        fn ro(ops: &[RequestOp]) -> bool {
+            ops.iter().all(|op| match op {
+                RequestOp::Range(_) => true,
+                RequestOp::Txn(t) => t.is_read_only(),
+                _ => false,
+            })
+        }
+        ro(&self.success) && ro(&self.failure)
+    }
+}
+
+/// etcd `TxnResponse` without its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub responses: Vec<ResponseOp>,
+}
+
+/// A lease as the state machine knows it (expiry clocks live on the leader, not here).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: i64,
+    /// TTL in seconds as granted.
+    pub ttl: i64,
+    /// Keys attached to the lease, sorted.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Attributes a member publishes about itself once it runs (etcd's "publish" request).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttrs {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// A replicated state change: the payload of every application raft log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Compact history at or below `revision`.
+    Compact {
+        revision: i64,
+    },
+    /// Create lease `id` (chosen by the proposer, > 0) with `ttl` seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Delete lease `id` and every key attached to it, in one revision.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Record a member's name and client URLs.
+    PublishMember {
+        id: u64,
+        attrs: MemberAttrs,
+    },
+    /// Forget a removed member's attributes.
+    ForgetMember {
+        id: u64,
+    },
+}
+
+/// The result of applying one command, decided deterministically on every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke,
+    /// Membership entries, blank entries and member attribute updates.
+    Done,
+}
+
+/// What the state machine answers for one applied log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// The store's revision right after this entry was applied.
+    pub revision: i64,
+    /// The command's result, or the etcd error it failed with (a failed command changes nothing).
+    pub result: Result<CommandResult, crate::error::ApplyError>,
+}
+
+impl Default for ApplyResponse {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            result: Ok(CommandResult::Done),
+        }
+    }
+}
