@@ -1,9 +1,41 @@
-//! INTERFACE STUB — to be implemented (see the storage helper's task). Signatures are the contract.
+//! The MVCC state machine over sled: etcd's revisions, key history, compaction, leases and
+//! member attributes, plus raft snapshots. Implements openraft's `RaftStateMachine<C>`.
+//!
+//! Layout: one sled tree (`sm`) holds every row (see `codec`); one `apply()` call changes it with
+//! one atomic `sled::Batch` that also carries the applied log id, so the applied id never gets
+//! ahead of the data. The key index and lease table live in memory and are rebuilt at `open`.
+//! The last snapshot is kept in its own tree (`sm_snapshot`).
 
+mod codec;
+mod index;
+mod lease;
+mod snapshot;
+mod store;
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{ApplyError, StoreError};
 use crate::types::*;
+
+use store::{Fault, Item, State, View};
+
+/// Name of the sled tree holding the state machine rows.
+pub const SM_TREE: &str = "sm";
+/// Name of the sled tree holding the last snapshot.
+pub const SNAPSHOT_TREE: &str = "sm_snapshot";
+
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
 
 /// Told of every applied revision, synchronously inside apply; must not block.
 pub trait ApplyObserver: Send + Sync + 'static {
@@ -13,79 +45,439 @@ pub trait ApplyObserver: Send + Sync + 'static {
     fn on_restore(&self, revision: i64);
 }
 
+/// State shared by the state machine, its readers and snapshot builders.
+struct Shared {
+    db: sled::Db,
+    tree: sled::Tree,
+    snap_tree: sled::Tree,
+    state: RwLock<State>,
+    observer: Mutex<Option<Arc<dyn ApplyObserver>>>,
+    snapshot_seq: AtomicU64,
+}
+
+impl Shared {
+    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+        self.observer.lock().clone()
+    }
+
+    /// Apply entries under the write lock, persist them in one batch, then (lock released) tell
+    /// the observer.
+    fn apply(&self, items: Vec<(LogId<u64>, Item)>) -> Result<Vec<ApplyResponse>, StoreError> {
+        let (responses, notify) = {
+            let mut st = self.state.write();
+            let staged = store::apply_entries(&mut st, &self.tree, items).and_then(
+                |(responses, batch, notify)| {
+                    self.tree.apply_batch(batch)?;
+                    Ok((responses, notify))
+                },
+            );
+            st.pending.clear();
+            match staged {
+                Ok(v) => v,
+                Err(e) => {
+                    // Memory is ahead of disk now: go back to what disk holds.
+                    match State::load(&self.tree) {
+                        Ok(fresh) => *st = fresh,
+                        Err(e2) => tracing::error!("state machine: reload failed: {e2}"),
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if !notify.is_empty() {
+            if let Some(obs) = self.observer() {
+                for (rev, events) in &notify {
+                    obs.on_apply(*rev, events);
+                }
+            }
+        }
+        Ok(responses)
+    }
+
+    /// Copy every row of the state machine tree (under the read lock, so they are consistent)
+    /// with the applied log id and encoded membership.
+    #[allow(clippy::type_complexity)]
+    fn copy_rows(
+        &self,
+    ) -> Result<
+        (
+            Vec<(sled::IVec, sled::IVec)>,
+            Option<LogId<u64>>,
+            Option<Vec<u8>>,
+        ),
+        StoreError,
+    > {
+        let st = self.state.read();
+        let rows = self.tree.iter().collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, st.applied, st.membership.clone()))
+    }
+
+    /// Replace the whole state with snapshot `data`; `applied`/`membership` come from its meta.
+    fn install(
+        &self,
+        data: &[u8],
+        applied: Option<LogId<u64>>,
+        membership: Vec<u8>,
+    ) -> Result<i64, StoreError> {
+        let rows = snapshot::decode_rows(data)?;
+        let applied_bytes = codec::encode(&applied)?;
+        let applied_key = codec::meta_key(codec::META_APPLIED);
+        let membership_key = codec::meta_key(codec::META_MEMBERSHIP);
+        // Build the new state before touching disk: a bad snapshot changes nothing.
+        let mut fresh = State::from_rows(rows.iter().map(|&(k, v)| Ok((k, v))))?;
+        fresh.applied = applied;
+        fresh.membership = Some(membership.clone());
+
+        let mut st = self.state.write();
+        let mut batch = sled::Batch::default();
+        // Old rows first, then the snapshot's: a later write to the same key wins in a batch.
+        for key in self.tree.iter().keys() {
+            batch.remove(key?);
+        }
+        for (k, v) in &rows {
+            batch.insert(*k, *v);
+        }
+        batch.insert(applied_key, applied_bytes);
+        batch.insert(membership_key, membership);
+        self.tree.apply_batch(batch)?;
+        *st = fresh;
+        Ok(st.current)
+    }
+
+    /// Persist `meta` + `data` as the current snapshot, durably (the log may be purged after).
+    fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAP_META, meta);
+        batch.insert(SNAP_DATA, data);
+        self.snap_tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
 /// Read-only, cheaply cloneable view of the state machine, for the API layer and watchers.
 #[derive(Clone)]
 pub struct StoreReader {
-    _inner: Arc<()>,
+    shared: Arc<Shared>,
+}
+
+/// A storage failure while reading: it cannot be told as an etcd error, so it is logged and
+/// answered as "history unavailable" (clients treat that as compaction and re-read).
+fn read_fault(f: Fault) -> ApplyError {
+    match f {
+        Fault::Apply(e) => e,
+        Fault::Store(e) => {
+            tracing::error!("state machine read failed: {e}");
+            ApplyError::Compacted
+        }
+    }
 }
 
 impl StoreReader {
     /// Current revision (1 on an empty store).
     pub fn current_revision(&self) -> i64 {
-        todo!()
+        self.shared.state.read().current
     }
     /// Revision at or below which history was compacted (0 if never).
     pub fn compact_revision(&self) -> i64 {
-        todo!()
+        self.shared.state.read().compact
     }
     /// Index of the last applied raft log entry (0 if none).
     pub fn applied_index(&self) -> u64 {
-        todo!()
+        self.shared.state.read().applied.map_or(0, |l| l.index)
     }
     /// Evaluate a range at `req.revision` (0 = current).
-    pub fn range(&self, _req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
-        todo!()
+    ///
+    /// Like etcd, a revision equal to the compaction point is still readable; below it fails with
+    /// `Compacted`, above the current revision with `FutureRevision`.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        let st = self.shared.state.read();
+        let view = View {
+            st: &st,
+            tree: &self.shared.tree,
+            cur: st.current,
+        };
+        view.range(req).map_err(read_fault)
     }
     /// Evaluate a txn that has no write (`req.is_read_only()`); returns the revision it read at.
-    pub fn txn_read_only(&self, _req: &TxnRequest) -> Result<(i64, TxnResponse), ApplyError> {
-        todo!()
+    ///
+    /// Writes in `req` (a caller bug) are skipped and answered with empty responses.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<(i64, TxnResponse), ApplyError> {
+        let st = self.shared.state.read();
+        let view = View {
+            st: &st,
+            tree: &self.shared.tree,
+            cur: st.current,
+        };
+        let resp = view.txn_read_only(req).map_err(read_fault)?;
+        Ok((st.current, resp))
     }
     /// Events for keys in `[key, range_end)` (etcd range semantics) with revision in
     /// `start..=end`, ordered by revision, then by position inside the revision. Stops after the
-    /// revision in which the count reaches `max_events` (a revision is never split).
-    /// `Err(Compacted)` when `start <= compact_revision()`.
+    /// revision in which the count reaches `max_events` (a revision is never split; 0 = no
+    /// limit). `Err(Compacted)` when `start <= compact_revision()` (a `start` below 1 counts as
+    /// 1). History is read from the rows of the revision window, so a narrow key over a wide
+    /// window costs the whole window.
     pub fn events(
         &self,
-        _key: &[u8],
-        _range_end: &[u8],
-        _start: i64,
-        _end: i64,
-        _max_events: usize,
+        key: &[u8],
+        range_end: &[u8],
+        start: i64,
+        end: i64,
+        max_events: usize,
     ) -> Result<Vec<Event>, ApplyError> {
-        todo!()
+        let st = self.shared.state.read();
+        let view = View {
+            st: &st,
+            tree: &self.shared.tree,
+            cur: st.current,
+        };
+        view.events(key, range_end, start, end, max_events)
+            .map_err(read_fault)
     }
     /// One lease with its attached keys.
-    pub fn lease(&self, _id: i64) -> Option<LeaseInfo> {
-        todo!()
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.shared.state.read().leases.info(id)
     }
     /// Every lease (keys left empty).
     pub fn leases(&self) -> Vec<LeaseInfo> {
-        todo!()
+        self.shared.state.read().leases.list()
     }
     /// Attributes published by members, by member id.
     pub fn member_attrs(&self) -> std::collections::BTreeMap<u64, MemberAttrs> {
-        todo!()
+        self.shared.state.read().members.clone()
     }
     /// Approximate size of the database on disk, bytes.
     pub fn db_size(&self) -> u64 {
-        todo!()
+        self.shared.db.size_on_disk().unwrap_or(0)
     }
 }
 
 /// The MVCC state machine over sled. Implements `openraft::storage::RaftStateMachine<C>`.
-pub struct StateMachine {}
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
 
 impl StateMachine {
-    /// Open the state machine stored in `db` (restores the key index, leases and applied state).
-    pub fn open(_db: &sled::Db) -> Result<Self, StoreError> {
-        todo!()
+    /// Open (or create) the state machine stored in `db` (restores the key index, leases and
+    /// applied state).
+    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let tree = db.open_tree(SM_TREE)?;
+        let snap_tree = db.open_tree(SNAPSHOT_TREE)?;
+        let state = State::load(&tree)?;
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                db: db.clone(),
+                tree,
+                snap_tree,
+                state: RwLock::new(state),
+                observer: Mutex::new(None),
+                snapshot_seq: AtomicU64::new(0),
+            }),
+        })
     }
     /// A reader sharing this state machine's state.
     pub fn reader(&self) -> StoreReader {
-        todo!()
+        StoreReader {
+            shared: self.shared.clone(),
+        }
     }
     /// Install the observer told of every applied revision (the watch hub).
-    pub fn set_observer(&self, _observer: Arc<dyn ApplyObserver>) {
-        todo!()
+    pub fn set_observer(&self, observer: Arc<dyn ApplyObserver>) {
+        *self.shared.observer.lock() = Some(observer);
+    }
+}
+
+/// Builds snapshots of a [`StateMachine`] (a handle on the same shared state).
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::write_state_machine(&e),
+    }
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::read_state_machine(&e),
+    }
+}
+
+fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::read_snapshot(None, &e),
+    }
+}
+
+fn snap_write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageError::IO {
+        source: StorageIOError::write_snapshot(None, &e),
+    }
+}
+
+/// Decode the membership the generic layer stored (none yet → the default, empty one).
+fn decode_membership<N>(bytes: Option<&[u8]>) -> Result<StoredMembership<u64, N>, StoreError>
+where
+    N: openraft::Node,
+{
+    match bytes {
+        Some(b) => codec::decode(b),
+        None => Ok(StoredMembership::default()),
+    }
+}
+
+impl<C> RaftSnapshotBuilder<C> for SnapshotBuilder
+where
+    C: RaftTypeConfig<
+        D = Command,
+        R = ApplyResponse,
+        NodeId = u64,
+        Entry = Entry<C>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >,
+{
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
+        let (rows, applied, membership) = self.shared.copy_rows().map_err(sm_read_err)?;
+        let last_membership =
+            decode_membership::<C::Node>(membership.as_deref()).map_err(sm_read_err)?;
+        let data = snapshot::encode_rows(&rows);
+        drop(rows);
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let snapshot_id = match &applied {
+            Some(l) => format!(
+                "{}-{}-{}-{millis}-{seq}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
+            None => format!("0-0-0-{millis}-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership,
+            snapshot_id,
+        };
+        let meta_bytes = codec::encode(&meta).map_err(snap_write_err)?;
+        self.shared
+            .save_snapshot(&meta_bytes, &data)
+            .map_err(snap_write_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl<C> RaftStateMachine<C> for StateMachine
+where
+    C: RaftTypeConfig<
+        D = Command,
+        R = ApplyResponse,
+        NodeId = u64,
+        Entry = Entry<C>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >,
+{
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, C::Node>), StorageError<u64>> {
+        let st = self.shared.state.read();
+        let membership =
+            decode_membership::<C::Node>(st.membership.as_deref()).map_err(sm_read_err)?;
+        Ok((st.applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut items = Vec::new();
+        for e in entries {
+            let item = match e.payload {
+                EntryPayload::Blank => Item::Blank,
+                EntryPayload::Normal(cmd) => Item::Command(cmd),
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(e.log_id), m);
+                    Item::Membership(codec::encode(&stored).map_err(sm_write_err)?)
+                }
+            };
+            items.push((e.log_id, item));
+        }
+        self.shared.apply(items).map_err(sm_write_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, C::Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        let membership = codec::encode(&meta.last_membership).map_err(snap_read_err)?;
+        let current = self
+            .shared
+            .install(&data, meta.last_log_id, membership)
+            .map_err(snap_read_err)?;
+        let meta_bytes = codec::encode(meta).map_err(snap_write_err)?;
+        self.shared
+            .save_snapshot(&meta_bytes, &data)
+            .map_err(snap_write_err)?;
+        tracing::info!(revision = current, "state machine: snapshot installed");
+        if let Some(obs) = self.shared.observer() {
+            obs.on_restore(current);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<u64>> {
+        let meta = self
+            .shared
+            .snap_tree
+            .get(SNAP_META)
+            .map_err(snap_read_err)?;
+        let data = self
+            .shared
+            .snap_tree
+            .get(SNAP_DATA)
+            .map_err(snap_read_err)?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => {
+                let meta: SnapshotMeta<u64, C::Node> =
+                    codec::decode(&meta).map_err(snap_read_err)?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data.to_vec())),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.state.read();
+        f.debug_struct("StateMachine")
+            .field("current", &st.current)
+            .field("compact", &st.compact)
+            .field("applied", &st.applied)
+            .finish()
     }
 }
