@@ -1,1 +1,474 @@
-//! INTERFACE STUB — command line (`crawler store` with etcd's flag names).
+//! Command line: `crawler store` with etcd's flag names, so that scripts written for `etcd` work
+//! with little change.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use crawler_raft::{ClusterState, NodeConfig};
+
+use crate::member::{Limits, MemberConfig};
+
+/// `crawler`: a distributed web crawler with a built-in etcd-compatible store.
+#[derive(Debug, Parser)]
+#[command(name = "crawler", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands. `master`, `worker` and `dev` will join `store` here.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one member of the etcd-compatible store (flags as etcd's).
+    Store(StoreArgs),
+}
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitialClusterState {
+    /// Bootstrap a new cluster with the members of `--initial-cluster`.
+    New,
+    /// Join a cluster that already exists (after `member add`).
+    Existing,
+}
+
+/// Flags of `crawler store` (names and defaults follow etcd's).
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default `<name>.etcd`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (the first one is used).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_parser = parse_url_list)]
+    pub listen_client_urls: UrlList,
+    /// Client URLs advertised to the cluster (default: the listen client URLs).
+    #[arg(long, value_parser = parse_url_list)]
+    pub advertise_client_urls: Option<UrlList>,
+    /// URLs to listen on for peer traffic (the first one is used).
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_parser = parse_url_list)]
+    pub listen_peer_urls: UrlList,
+    /// This member's peer URLs advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_parser = parse_url_list)]
+    pub initial_advertise_peer_urls: UrlList,
+    /// Initial cluster configuration for bootstrapping: `name=url,name=url,...`
+    /// (default: `<name>=<initial-advertise-peer-urls>`).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: `new` or `existing`.
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: InitialClusterState,
+    /// Initial cluster token, mixed into cluster and member ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 10000)]
+    pub snapshot_count: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Log level: debug, info, warn, error (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// A URL of the form `http://host:port`, as etcd accepts them for member and client URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `http` (TLS is not supported).
+    pub scheme: String,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl HttpUrl {
+    /// Resolve to one socket address (an IP host as is; a name through the resolver, IPv4 first).
+    pub fn socket_addr(&self) -> Result<SocketAddr, UrlError> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| UrlError::Resolve(self.to_string(), e.to_string()))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
+            .ok_or_else(|| UrlError::Resolve(self.to_string(), "no address".to_string()))
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+/// A comma-separated list of URLs (never empty once parsed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlList(pub Vec<HttpUrl>);
+
+impl UrlList {
+    /// The first URL (lists are never empty).
+    pub fn first(&self) -> Option<&HttpUrl> {
+        self.0.first()
+    }
+    /// The URLs as strings.
+    pub fn strings(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// A malformed URL or cluster flag.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("URL {0:?} must have the form http://host:port")]
+    Form(String),
+    #[error("URL {0:?}: unsupported scheme {1:?} (only http is supported)")]
+    Scheme(String, String),
+    #[error("URL {0:?} must not contain a path")]
+    Path(String),
+    #[error("URL {0:?} has an invalid port")]
+    Port(String),
+    #[error("URL {0:?}: empty host")]
+    Host(String),
+    #[error("no URL given")]
+    Empty,
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+}
+
+/// Errors of the store command's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {source}")]
+    Url {
+        flag: &'static str,
+        #[source]
+        source: UrlError,
+    },
+    #[error("--initial-cluster: entry {0:?} must have the form name=http://host:port")]
+    ClusterEntry(String),
+    #[error("--initial-cluster {cluster:?} does not contain this member's --name {name:?}")]
+    NameMissing { cluster: String, name: String },
+    #[error(
+        "--initial-cluster has {name}={cluster_urls:?} but --initial-advertise-peer-urls is \
+         {advertised:?}; they must match"
+    )]
+    PeerUrlMismatch {
+        name: String,
+        cluster_urls: Vec<String>,
+        advertised: Vec<String>,
+    },
+    #[error("--name must not be empty")]
+    EmptyName,
+    #[error("--{0} must be positive")]
+    NotPositive(&'static str),
+    #[error("--election-timeout ({election}) must be at least 5 times --heartbeat-interval ({heartbeat})")]
+    Timeouts { election: u64, heartbeat: u64 },
+}
+
+/// Parse one `http://host:port` URL strictly.
+pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
+    let s = s.trim();
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| UrlError::Form(s.into()))?;
+    if scheme != "http" {
+        return Err(UrlError::Scheme(s.into(), scheme.into()));
+    }
+    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err(UrlError::Path(s.into()));
+    }
+    if rest.contains('@') {
+        return Err(UrlError::Form(s.into()));
+    }
+    let (host, port) = if let Some(after) = rest.strip_prefix('[') {
+        let (h, p) = after
+            .split_once(']')
+            .ok_or_else(|| UrlError::Form(s.into()))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| UrlError::Host(s.into()))?;
+        let p = p
+            .strip_prefix(':')
+            .ok_or_else(|| UrlError::Form(s.into()))?;
+        (h, p)
+    } else {
+        let (h, p) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| UrlError::Form(s.into()))?;
+        // An unbracketed IPv6 address is ambiguous with the port separator.
+        if h.contains(':') {
+            return Err(UrlError::Host(s.into()));
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return Err(UrlError::Host(s.into()));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(UrlError::Port(s.into()));
+    }
+    let port: u16 = port.parse().map_err(|_| UrlError::Port(s.into()))?;
+    Ok(HttpUrl {
+        scheme: scheme.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parse a comma-separated URL list (at least one URL).
+pub fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
+    let urls = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(parse_url)
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(UrlError::Empty);
+    }
+    Ok(UrlList(urls))
+}
+
+/// Parse `--initial-cluster` (`name=url,...`; a name may repeat for several URLs).
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, url) = entry
+            .split_once('=')
+            .ok_or_else(|| ConfigError::ClusterEntry(entry.into()))?;
+        if name.is_empty() {
+            return Err(ConfigError::ClusterEntry(entry.into()));
+        }
+        let url = parse_url(url).map_err(|source| ConfigError::Url {
+            flag: "initial-cluster",
+            source,
+        })?;
+        out.push((name.to_string(), url.to_string()));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::ClusterEntry(s.into()));
+    }
+    Ok(out)
+}
+
+impl StoreArgs {
+    /// Validate the flags and build the member configuration.
+    pub fn member_config(&self) -> Result<MemberConfig, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError::NotPositive("heartbeat-interval"));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::Timeouts {
+                election: self.election_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::NotPositive("max-request-bytes"));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::NotPositive("max-txn-ops"));
+        }
+        if self.snapshot_count == 0 {
+            return Err(ConfigError::NotPositive("snapshot-count"));
+        }
+        let first = |list: &UrlList, flag: &'static str| -> Result<SocketAddr, ConfigError> {
+            list.first()
+                .ok_or(UrlError::Empty)
+                .and_then(HttpUrl::socket_addr)
+                .map_err(|source| ConfigError::Url { flag, source })
+        };
+        let listen_client = first(&self.listen_client_urls, "listen-client-urls")?;
+        let listen_peer = first(&self.listen_peer_urls, "listen-peer-urls")?;
+        let advertise_peer = self.initial_advertise_peer_urls.strings();
+        let advertise_client = self
+            .advertise_client_urls
+            .as_ref()
+            .unwrap_or(&self.listen_client_urls)
+            .strings();
+
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => advertise_peer
+                .iter()
+                .map(|u| (self.name.clone(), u.clone()))
+                .collect(),
+        };
+        let mut mine: Vec<String> = initial_cluster
+            .iter()
+            .filter(|(n, _)| *n == self.name)
+            .map(|(_, u)| u.clone())
+            .collect();
+        if mine.is_empty() {
+            return Err(ConfigError::NameMissing {
+                cluster: self.initial_cluster.clone().unwrap_or_default(),
+                name: self.name.clone(),
+            });
+        }
+        let mut advertised = advertise_peer.clone();
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
+            return Err(ConfigError::PeerUrlMismatch {
+                name: self.name.clone(),
+                cluster_urls: mine,
+                advertised,
+            });
+        }
+
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        Ok(MemberConfig {
+            node: NodeConfig {
+                name: self.name.clone(),
+                data_dir,
+                listen_peer,
+                advertise_peer_urls: advertise_peer,
+                advertise_client_urls: advertise_client,
+                initial_cluster,
+                initial_cluster_state: match self.initial_cluster_state {
+                    InitialClusterState::New => ClusterState::New,
+                    InitialClusterState::Existing => ClusterState::Existing,
+                },
+                cluster_token: self.initial_cluster_token.clone(),
+                heartbeat_interval_ms: self.heartbeat_interval,
+                election_timeout_ms: self.election_timeout,
+                snapshot_count: self.snapshot_count,
+            },
+            listen_client,
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_txn_ops: self.max_txn_ops,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(args: &[&str]) -> Result<StoreArgs, clap::Error> {
+        let mut v = vec!["crawler", "store"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| match c.command {
+            Command::Store(s) => s,
+        })
+    }
+
+    #[test]
+    fn urls_are_strict() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:2379").expect("valid").port,
+            2379
+        );
+        assert_eq!(parse_url("http://[::1]:80").expect("ipv6").host, "::1");
+        assert_eq!(
+            parse_url("http://[::1]:80").expect("ipv6").to_string(),
+            "http://[::1]:80"
+        );
+        for bad in [
+            "127.0.0.1:2379",
+            "https://a:1",
+            "http://a",
+            "http://a:",
+            "http://:1",
+            "http://a:99999",
+            "http://a:1/x",
+            "http://a:1/",
+            "http://a:-1",
+            "http://u@a:1",
+            "http://::1:80",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad} should be rejected");
+        }
+        assert_eq!(
+            parse_url_list("http://a:1, http://b:2")
+                .expect("list")
+                .0
+                .len(),
+            2
+        );
+        assert!(parse_url_list(",").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = store(&[]).expect("parse").member_config().expect("valid");
+        assert_eq!(cfg.node.name, "default");
+        assert_eq!(cfg.node.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(cfg.listen_client, "127.0.0.1:2379".parse().expect("addr"));
+        assert_eq!(
+            cfg.node.listen_peer,
+            "127.0.0.1:2380".parse().expect("addr")
+        );
+        assert_eq!(
+            cfg.node.initial_cluster,
+            vec![("default".to_string(), "http://127.0.0.1:2380".to_string())]
+        );
+        assert_eq!(cfg.node.cluster_token, "etcd-cluster");
+        assert_eq!(cfg.limits.max_request_bytes, 1536 * 1024);
+        assert_eq!(cfg.limits.max_txn_ops, 128);
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let a = store(&[
+            "--name",
+            "n2",
+            "--listen-peer-urls",
+            "http://127.0.0.1:3002",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:3002",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:3001,n2=http://127.0.0.1:3002",
+            "--initial-cluster-state",
+            "existing",
+        ])
+        .expect("parse");
+        let cfg = a.member_config().expect("valid");
+        assert_eq!(cfg.node.initial_cluster.len(), 2);
+        assert_eq!(cfg.node.initial_cluster_state, ClusterState::Existing);
+
+        let missing = store(&["--name", "n3", "--initial-cluster", "n1=http://a:1"])
+            .expect("parse")
+            .member_config();
+        assert!(matches!(missing, Err(ConfigError::NameMissing { .. })));
+
+        let mismatch = store(&["--name", "n1", "--initial-cluster", "n1=http://127.0.0.1:9"])
+            .expect("parse")
+            .member_config();
+        assert!(matches!(mismatch, Err(ConfigError::PeerUrlMismatch { .. })));
+
+        let err = store(&["--listen-client-urls", "localhost:2379"]).expect_err("bad url");
+        assert!(err.to_string().contains("--listen-client-urls"), "{err}");
+    }
+}

@@ -3,6 +3,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod election;
+pub mod kv_client;
 pub mod lessor;
 pub mod member;
+pub mod registry;
+pub mod snowflake;
 pub mod watch_hub;

@@ -1,10 +1,20 @@
-//! INTERFACE STUB — the API helper implements it. Signatures are the contract.
-//!
 //! The embeddable store member: storage, raft and etcd's gRPC services inside any process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crawler_raft::NodeConfig;
+use anyhow::Context as _;
+use crawler_raft::{NodeConfig, RaftNode};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiContext};
+use crate::lessor::{Lessor, LessorConfig};
+use crate::watch_hub::WatchHub;
+
+/// How long `shutdown` lets open gRPC calls (watch streams, keep-alives) finish.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Limits enforced on client requests (etcd's defaults).
 #[derive(Clone, Debug)]
@@ -27,30 +37,116 @@ impl Default for Limits {
 /// Configuration of one member.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
+    /// Raft side: identity, data dir, peers.
     pub node: NodeConfig,
     /// Address the etcd gRPC API binds (port 0 allowed).
     pub listen_client: SocketAddr,
+    /// Client request limits.
     pub limits: Limits,
 }
 
 /// A running member. Dropping it does not stop it; call `shutdown`.
-pub struct Member {}
+pub struct Member {
+    client_addr: SocketAddr,
+    ctx: ApiContext,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
 
 impl Member {
     /// Start a member and serve etcd's API.
-    pub async fn start(_cfg: MemberConfig) -> anyhow::Result<Member> {
-        todo!()
+    pub async fn start(cfg: MemberConfig) -> anyhow::Result<Member> {
+        // Bind first: a taken client port should fail before raft touches the data dir.
+        let listener = tokio::net::TcpListener::bind(cfg.listen_client)
+            .await
+            .with_context(|| format!("cannot listen for clients on {}", cfg.listen_client))?;
+        let client_addr = listener
+            .local_addr()
+            .context("client listener has no local address")?;
+
+        let hub = WatchHub::new();
+        let lease_timing = LessorConfig::from_timing(
+            cfg.node.heartbeat_interval_ms,
+            cfg.node.election_timeout_ms,
+        );
+        let raft = RaftNode::start(cfg.node, hub.clone())
+            .await
+            .context("cannot start raft")?;
+        hub.attach(raft.store().clone());
+        let lessor = Lessor::start_with(raft.clone(), lease_timing);
+        let ctx = ApiContext::new(raft, hub, lessor, cfg.limits);
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let routes = api::router(ctx.clone());
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        tracing::info!(
+            member = format!("{:x}", ctx.raft.id()),
+            client = %client_addr,
+            "serving etcd API"
+        );
+        Ok(Member {
+            client_addr,
+            ctx,
+            stop_server: Some(stop_tx),
+            server,
+        })
     }
+
     /// Address the client API actually bound.
     pub fn client_addr(&self) -> SocketAddr {
-        todo!()
+        self.client_addr
     }
+
     /// The raft handle (for in-process clients).
     pub fn raft(&self) -> &crawler_raft::RaftNode {
-        todo!()
+        &self.ctx.raft
     }
+
+    /// The API context (raft, watch hub, lessor, limits) for in-process clients.
+    pub fn context(&self) -> &ApiContext {
+        &self.ctx
+    }
+
+    /// The member's watch hub.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.ctx.hub
+    }
+
+    /// The member's lessor.
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.ctx.lessor
+    }
+
     /// Stop serving and shut raft down cleanly.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        todo!()
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        // Long-lived streams (watch, keep-alive) would hold a graceful shutdown forever.
+        match tokio::time::timeout(GRACEFUL_SHUTDOWN, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                tracing::debug!("gRPC streams still open after grace period; aborting them");
+                self.server.abort();
+            }
+        }
+        self.ctx.lessor.stop();
+        self.ctx
+            .raft
+            .shutdown()
+            .await
+            .context("raft shutdown failed")?;
+        Ok(())
     }
 }
