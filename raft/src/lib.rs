@@ -1,8 +1,19 @@
 //! openraft wiring for the embedded store: type config, peer network over tonic, node startup,
 //! leader forwarding, linearizable reads and membership.
 //!
-//! INTERFACE STUB — the raft helper replaces the bodies. Signatures are the contract used by `src/`.
+//! Modules: `node` (startup, forwarding, reads), `membership` (leader-side member changes),
+//! `network` (peer client, openraft network), `server` (peer gRPC service), `wire` (payloads),
+//! `ids` (member/cluster ids), `meta` (data dir identity file).
 
+mod ids;
+mod membership;
+mod meta;
+mod network;
+mod node;
+mod server;
+mod wire;
+
+// The default `SnapshotData` of `declare_raft_types!` names `Cursor` unqualified.
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +98,17 @@ pub struct RaftStatus {
     pub is_learner: bool,
 }
 
+/// Where this member's raft log stands (diagnostics and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// Index of the last entry in the local log (0 if none).
+    pub last_log_index: u64,
+    /// Index of the last purged entry, if the log was ever purged.
+    pub purged_index: Option<u64>,
+    /// Last index covered by the current snapshot, if any.
+    pub snapshot_index: Option<u64>,
+}
+
 /// Errors of the raft layer, as the API layer maps them.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
@@ -117,72 +139,107 @@ pub enum RaftError {
 /// A running member's raft side. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
-    _inner: Arc<()>,
+    inner: Arc<node::Inner>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &format_args!("{:x}", self.inner.id))
+            .field("name", &self.inner.cfg.name)
+            .finish()
+    }
 }
 
 impl RaftNode {
     /// Open the data dir, start raft and the peer server, bootstrap or join as configured.
     /// `observer` (the watch hub) is installed before any entry is applied.
     pub async fn start(
-        _cfg: NodeConfig,
-        _observer: Arc<dyn ApplyObserver>,
+        cfg: NodeConfig,
+        observer: Arc<dyn ApplyObserver>,
     ) -> Result<Self, RaftError> {
-        todo!()
+        let inner = node::start(cfg, observer).await?;
+        Ok(Self { inner })
     }
     /// This member's id.
     pub fn id(&self) -> NodeId {
-        todo!()
+        self.inner.id
     }
     /// The cluster id (same on every member).
     pub fn cluster_id(&self) -> u64 {
-        todo!()
+        self.inner.cluster_id
     }
     /// Address the peer server actually bound.
     pub fn peer_addr(&self) -> SocketAddr {
-        todo!()
+        self.inner.peer_addr
     }
     /// Read access to the local state machine.
     pub fn store(&self) -> &StoreReader {
-        todo!()
+        &self.inner.reader
     }
     /// Replicate `cmd` (forwarded to the leader when this member is not it) and return its result.
-    pub async fn write(&self, _cmd: Command) -> Result<ApplyResponse, RaftError> {
-        todo!()
+    ///
+    /// Waits for a leader up to the request timeout (`NoLeader`); a write whose outcome is
+    /// unknown when the deadline passes is `Timeout`.
+    pub async fn write(&self, cmd: Command) -> Result<ApplyResponse, RaftError> {
+        match self.inner.run_on_leader(node::LeaderOp::Write(cmd)).await? {
+            node::LeaderOk::Write(r) => Ok(r),
+            other => Err(RaftError::Internal(format!("unexpected reply {other:?}"))),
+        }
     }
     /// Wait until a read of the local state machine is linearizable (read index from the leader).
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        todo!()
+        self.inner.read_barrier().await
     }
     /// Current term, leader, indexes.
     pub fn status(&self) -> RaftStatus {
-        todo!()
+        self.inner.status()
+    }
+    /// Log and snapshot positions of this member.
+    pub fn log_state(&self) -> LogState {
+        self.inner.log_state()
     }
     /// Leader changes, as a watch channel.
     pub fn leader_watch(&self) -> tokio::sync::watch::Receiver<Option<NodeId>> {
-        todo!()
+        self.inner.leader_tx.subscribe()
     }
     /// Voters and learners with their published client URLs.
     pub fn members(&self) -> Vec<MemberInfo> {
-        todo!()
+        self.inner.members()
     }
     /// Add a member (voter, or learner) by peer URLs; it starts later with state `existing`.
     pub async fn add_member(
         &self,
-        _peer_urls: Vec<String>,
-        _learner: bool,
+        peer_urls: Vec<String>,
+        learner: bool,
     ) -> Result<MemberInfo, RaftError> {
-        todo!()
+        match self
+            .admin(wire::AdminOp::Add { peer_urls, learner })
+            .await?
+        {
+            wire::AdminOk::Added(m) => Ok(m.into()),
+            wire::AdminOk::Done => Err(RaftError::Internal(
+                "leader did not report the new member".into(),
+            )),
+        }
     }
     /// Remove a member; its id is never reused.
-    pub async fn remove_member(&self, _id: NodeId) -> Result<(), RaftError> {
-        todo!()
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftError> {
+        self.admin(wire::AdminOp::Remove { id }).await.map(|_| ())
     }
     /// Promote a learner to voter.
-    pub async fn promote_member(&self, _id: NodeId) -> Result<(), RaftError> {
-        todo!()
+    pub async fn promote_member(&self, id: NodeId) -> Result<(), RaftError> {
+        self.admin(wire::AdminOp::Promote { id }).await.map(|_| ())
     }
     /// Stop raft and the peer server; flush storage.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
-        todo!()
+        self.inner.shutdown().await
+    }
+
+    async fn admin(&self, op: wire::AdminOp) -> Result<wire::AdminOk, RaftError> {
+        match self.inner.run_on_leader(node::LeaderOp::Admin(op)).await? {
+            node::LeaderOk::Admin(r) => Ok(r),
+            other => Err(RaftError::Internal(format!("unexpected reply {other:?}"))),
+        }
     }
 }

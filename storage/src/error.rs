@@ -17,6 +17,9 @@ pub enum ApplyError {
     LeaseExists,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    /// The local database could not be read (corruption or I/O); never produced by apply.
+    #[error("etcdserver: storage error: {0}")]
+    Internal(String),
 }
 
 /// Any error of the storage layer.

@@ -161,14 +161,13 @@ pub struct StoreReader {
     shared: Arc<Shared>,
 }
 
-/// A storage failure while reading: it cannot be told as an etcd error, so it is logged and
-/// answered as "history unavailable" (clients treat that as compaction and re-read).
+/// A storage failure while reading: logged, and answered as an internal error.
 fn read_fault(f: Fault) -> ApplyError {
     match f {
         Fault::Apply(e) => e,
         Fault::Store(e) => {
             tracing::error!("state machine read failed: {e}");
-            ApplyError::Compacted
+            ApplyError::Internal(e.to_string())
         }
     }
 }

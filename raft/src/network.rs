@@ -1,0 +1,361 @@
+//! Client side of the peer network: cached tonic channels per peer URL, and openraft's
+//! `RaftNetworkFactory` / `RaftNetwork` on top of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_proto::raftpb::raft_peer_client::RaftPeerClient;
+use crawler_proto::raftpb::RaftPayload;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError as OrRaftError,
+    RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wire::{decode, encode, Addressed};
+use crate::{NodeId, PeerNode, TypeConfig};
+
+/// An AppendEntries batch above this size is split (unless it is a single entry).
+const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest peer message accepted or sent (log batches and snapshot chunks).
+pub(crate) const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Peer RPCs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    ForwardWrite,
+    ReadIndex,
+    Admin,
+    Members,
+}
+
+/// Why a peer call failed, as far as retry safety is concerned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The request never reached the peer (bad URL, connection refused): safe to retry.
+    #[error("peer unreachable: {0}")]
+    NotDelivered(String),
+    /// The deadline passed; the peer may or may not have acted on the request.
+    #[error("peer request timed out")]
+    Timeout,
+    /// Any other failure once the request may have been sent.
+    #[error("peer request failed: {0}")]
+    Failed(String),
+}
+
+/// Shared cache of lazily connected channels, keyed by peer URL.
+#[derive(Clone)]
+pub(crate) struct PeerClients {
+    channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+    connect_timeout: Duration,
+}
+
+impl PeerClients {
+    /// A cache whose channels give up connecting after `connect_timeout`.
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        Self {
+            channels: Default::default(),
+            connect_timeout,
+        }
+    }
+
+    fn channel(&self, url: &str) -> Result<Channel, CallError> {
+        if let Some(ch) = self.channels.lock().get(url) {
+            return Ok(ch.clone());
+        }
+        let ep = Endpoint::from_shared(url.to_string())
+            .map_err(|e| CallError::NotDelivered(format!("bad peer url {url:?}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        // connect_lazy: a peer that is down must not fail construction; calls fail instead.
+        let ch = ep.connect_lazy();
+        self.channels.lock().insert(url.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// One unary call with a hard deadline.
+    pub(crate) async fn call(
+        &self,
+        url: &str,
+        rpc: Rpc,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let ch = self.channel(url)?;
+        let mut client = RaftPeerClient::new(ch)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut req = tonic::Request::new(RaftPayload { data });
+        req.set_timeout(timeout);
+        let fut = async move {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(req).await,
+                Rpc::Vote => client.vote(req).await,
+                Rpc::InstallSnapshot => client.install_snapshot(req).await,
+                Rpc::ForwardWrite => client.forward_write(req).await,
+                Rpc::ReadIndex => client.read_index(req).await,
+                Rpc::Admin => client.admin(req).await,
+                Rpc::Members => client.members(req).await,
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.into_inner().data),
+            Ok(Err(status)) => Err(classify(&status)),
+        }
+    }
+}
+
+/// Sort a gRPC failure into "never delivered" (connect errors) and the rest.
+fn classify(status: &tonic::Status) -> CallError {
+    use std::error::Error as _;
+    let mut text = status.message().to_string();
+    let mut refused = false;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = status.source();
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::NotFound
+            ) {
+                refused = true;
+            }
+        }
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        src = e.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    // tonic reports a failed connect (refused, connect timeout, dns) as Unavailable with a
+    // connect error in its chain; such a request was never sent.
+    let connect_failure = lower.contains("tcp connect error")
+        || lower.contains("error trying to connect")
+        || lower.contains("dns error")
+        || lower.contains("connection refused");
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallError::Timeout,
+        tonic::Code::Unavailable if refused || connect_failure => CallError::NotDelivered(text),
+        _ => CallError::Failed(format!("{:?}: {text}", status.code())),
+    }
+}
+
+/// openraft's network factory: one `PeerConn` per target, sharing the channel cache.
+#[derive(Clone)]
+pub(crate) struct PeerNetwork {
+    pub(crate) clients: PeerClients,
+    pub(crate) backoff: Duration,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerConn {
+        PeerConn {
+            target,
+            node: node.clone(),
+            clients: self.clients.clone(),
+            backoff: self.backoff,
+        }
+    }
+}
+
+/// A client for one target member.
+pub(crate) struct PeerConn {
+    target: NodeId,
+    node: PeerNode,
+    clients: PeerClients,
+    backoff: Duration,
+}
+
+/// Error type carried inside openraft's `NetworkError` / `Unreachable`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PeerNetError(String);
+
+impl PeerConn {
+    async fn send<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        body: Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, OrRaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(url) = self.node.peer_urls.first() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&PeerNetError(
+                format!("member {:x} has no peer url", self.target),
+            ))));
+        };
+        let payload = encode(&Addressed {
+            target: self.target,
+            body,
+        })
+        .map_err(|e| RPCError::Network(NetworkError::new(&PeerNetError(e))))?;
+        self.send_encoded(url, rpc, payload, option).await
+    }
+
+    async fn send_encoded<Resp, E>(
+        &self,
+        url: &str,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, OrRaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let bytes = self
+            .clients
+            .call(url, rpc, payload, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::NotDelivered(s) => {
+                    RPCError::Unreachable(Unreachable::new(&PeerNetError(s)))
+                }
+                other => RPCError::Network(NetworkError::new(&PeerNetError(other.to_string()))),
+            })?;
+        let res: Result<Resp, OrRaftError<NodeId, E>> = decode(&bytes).map_err(|e| {
+            RPCError::Network(NetworkError::new(&PeerNetError(format!(
+                "bad reply from {url}: {e}"
+            ))))
+        })?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, OrRaftError<NodeId>>>
+    {
+        let n = rpc.entries.len();
+        let Some(url) = self.node.peer_urls.first().cloned() else {
+            return self.send(Rpc::AppendEntries, rpc, &option).await;
+        };
+        let payload = encode(&Addressed {
+            target: self.target,
+            body: rpc,
+        })
+        .map_err(|e| RPCError::Network(NetworkError::new(&PeerNetError(e))))?;
+        if n > 1 && payload.len() > MAX_APPEND_BYTES {
+            // openraft times an AppendEntries out after one heartbeat interval; ask it for
+            // smaller batches rather than sending one that can never make it in time.
+            let hint = ((n as u64) * (MAX_APPEND_BYTES as u64) / (payload.len() as u64)).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send_encoded(&url, Rpc::AppendEntries, payload, &option)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, PeerNode, OrRaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(Rpc::InstallSnapshot, rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, OrRaftError<NodeId>>> {
+        self.send(Rpc::Vote, rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refused_connection_is_not_delivered() {
+        // Bind and drop to get a port nobody listens on.
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(a) => a.port(),
+            Err(e) => panic!("bind: {e}"),
+        };
+        let clients = PeerClients::new(Duration::from_millis(500));
+        let url = format!("http://127.0.0.1:{port}");
+        let res = clients
+            .call(&url, Rpc::Members, Vec::new(), Duration::from_secs(2))
+            .await;
+        assert!(matches!(res, Err(CallError::NotDelivered(_))), "{res:?}");
+        let res = clients
+            .call(
+                "not a url",
+                Rpc::Members,
+                Vec::new(),
+                Duration::from_secs(2),
+            )
+            .await;
+        assert!(matches!(res, Err(CallError::NotDelivered(_))), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out() {
+        // A listener that accepts but never speaks HTTP/2.
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("addr: {e}"),
+        };
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let clients = PeerClients::new(Duration::from_millis(500));
+        let res = clients
+            .call(
+                &format!("http://{addr}"),
+                Rpc::Members,
+                Vec::new(),
+                Duration::from_millis(300),
+            )
+            .await;
+        assert!(matches!(res, Err(CallError::Timeout)), "{res:?}");
+        hold.abort();
+    }
+}
