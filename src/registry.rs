@@ -1,0 +1,630 @@
+//! Service registry in go-micro's etcd layout, so go-micro services and tools interoperate.
+//!
+//! Each node of a service is one key, `/micro/registry/<service>/<node id>` (a `/` inside a name
+//! becomes `-`), whose value is the JSON of the service with exactly that node:
+//! `{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],
+//! "nodes":[{"id":"go.micro.server.worker-2","address":"192.168.0.107:9089","metadata":{...}}]}`.
+//!
+//! A registration puts its keys on a lease with the registration TTL. A background task renews
+//! the lease (keepalive every interval, a third of the TTL by default), re-puts a key that went
+//! missing, and re-grants the lease and re-puts every key when the lease is gone (store restart,
+//! partition longer than the TTL, revoked behind our back). Watch results are `create` (PUT with
+//! `create_revision == mod_revision`), `update` (other PUTs) and `delete` (decoded from `prev_kv`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::{oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::kv_client::{
+    Compare, CompareResult, CompareTarget, EventType, KeyValue, KvClient, KvClientExt, KvError,
+    PutRequest, RequestOp, TxnRequest, WatchSpec, WatchStream,
+};
+
+/// go-micro's registry key prefix.
+pub const DEFAULT_PREFIX: &str = "/micro/registry/";
+
+/// Decode JSON `null` (what Go writes for a nil slice or map) as the type's default.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A service and some of its nodes (go-micro's `registry.Service`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Service name, e.g. `go.micro.server.worker`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Version; go-micro's default is `latest`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub version: String,
+    /// Service metadata; `None` is written as `null` like Go's nil map.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The service's RPC endpoints.
+    #[serde(default, deserialize_with = "null_default")]
+    pub endpoints: Vec<Endpoint>,
+    /// Nodes running the service.
+    #[serde(default, deserialize_with = "null_default")]
+    pub nodes: Vec<Node>,
+}
+
+/// One running instance of a service (go-micro's `registry.Node`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node id, unique within the service, e.g. `go.micro.server.worker-2`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub id: String,
+    /// Address it serves on, `host:port`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub address: String,
+    /// Node metadata.
+    #[serde(default, deserialize_with = "null_default")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An RPC endpoint of a service (go-micro's `registry.Endpoint`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `Service.Method`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Request type description.
+    #[serde(default)]
+    pub request: Option<Value>,
+    /// Response type description.
+    #[serde(default)]
+    pub response: Option<Value>,
+    /// Endpoint metadata.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// A type description of an endpoint's argument (go-micro's `registry.Value`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// Field name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Type name.
+    #[serde(rename = "type", default, deserialize_with = "null_default")]
+    pub kind: String,
+    /// Nested fields.
+    #[serde(default, deserialize_with = "null_default")]
+    pub values: Vec<Value>,
+}
+
+impl Service {
+    /// A service with go-micro's default version `latest` and one node.
+    pub fn with_node(name: impl Into<String>, node: Node) -> Self {
+        Self {
+            name: name.into(),
+            version: "latest".into(),
+            metadata: None,
+            endpoints: Vec::new(),
+            nodes: vec![node],
+        }
+    }
+}
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store call failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A service to register or deregister has no node.
+    #[error("registry: require at least one node")]
+    NoNodes,
+    /// A value could not be encoded.
+    #[error("registry: encode service: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// What a watch result reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A node key appeared.
+    Create,
+    /// A node key was rewritten.
+    Update,
+    /// A node key was deleted (or its lease expired).
+    Delete,
+}
+
+impl Action {
+    /// go-micro's name of the action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One watch result: the action and the service with the node concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryEvent {
+    /// What happened.
+    pub action: Action,
+    /// The service with exactly the node concerned.
+    pub service: Service,
+    /// Store revision of the change.
+    pub revision: i64,
+}
+
+/// How to register.
+#[derive(Clone, Copy, Debug)]
+pub struct RegisterOptions {
+    /// Lease TTL: how long the registration outlives its process.
+    pub ttl: Duration,
+    /// How often the lease is renewed and the keys checked (default: a third of the TTL).
+    pub interval: Option<Duration>,
+}
+
+impl RegisterOptions {
+    /// Register with this TTL, renewing every third of it.
+    pub fn ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            interval: None,
+        }
+    }
+}
+
+impl Default for RegisterOptions {
+    fn default() -> Self {
+        Self::ttl(Duration::from_secs(10))
+    }
+}
+
+/// The registry on a KV client.
+#[derive(Clone)]
+pub struct Registry {
+    client: Arc<dyn KvClient>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry under go-micro's prefix `/micro/registry/`.
+    pub fn new(client: Arc<dyn KvClient>) -> Self {
+        Self::with_prefix(client, DEFAULT_PREFIX)
+    }
+
+    /// A registry under another prefix (a trailing `/` is added when missing).
+    pub fn with_prefix(client: Arc<dyn KvClient>, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self { client, prefix }
+    }
+
+    /// Key of one node: `<prefix><service>/<node id>`, with `/` in names replaced by `-`.
+    pub fn node_key(&self, service: &str, node_id: &str) -> String {
+        format!(
+            "{}{}/{}",
+            self.prefix,
+            service.replace('/', "-"),
+            node_id.replace('/', "-")
+        )
+    }
+
+    /// Prefix of every node key of a service (ends with `/`).
+    pub fn service_prefix(&self, service: &str) -> String {
+        format!("{}{}/", self.prefix, service.replace('/', "-"))
+    }
+
+    /// Register every node of `service` on a fresh lease and keep the registration alive until
+    /// [`Registration::deregister`] (or until the handle is dropped: the keys then expire with
+    /// the lease).
+    pub async fn register(
+        &self,
+        service: &Service,
+        opts: RegisterOptions,
+    ) -> Result<Registration, RegistryError> {
+        if service.nodes.is_empty() {
+            return Err(RegistryError::NoNodes);
+        }
+        let mut entries = Vec::with_capacity(service.nodes.len());
+        for node in &service.nodes {
+            let one = Service {
+                nodes: vec![node.clone()],
+                ..service.clone()
+            };
+            entries.push((
+                self.node_key(&service.name, &node.id),
+                serde_json::to_vec(&one)?,
+            ));
+        }
+        let ttl_s = (opts.ttl.as_secs_f64().ceil() as i64).max(1);
+        let interval = opts
+            .interval
+            .unwrap_or(opts.ttl / 3)
+            .max(Duration::from_millis(100));
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            entries,
+            ttl: ttl_s,
+            lease: Mutex::new(0),
+        });
+        shared.put_all_on_new_lease().await?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(registration_loop(shared.clone(), interval, stop_rx));
+        Ok(Registration {
+            shared,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// Delete the keys of every node of `service` (also those registered by another process).
+    pub async fn deregister(&self, service: &Service) -> Result<(), RegistryError> {
+        if service.nodes.is_empty() {
+            return Err(RegistryError::NoNodes);
+        }
+        for node in &service.nodes {
+            self.client
+                .delete_key(self.node_key(&service.name, &node.id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every registered version of the service named `name`, nodes merged per version; empty when
+    /// no node is registered.
+    pub async fn get_service(&self, name: &str) -> Result<Vec<Service>, RegistryError> {
+        Ok(self.get_service_with_revision(name).await?.0)
+    }
+
+    /// [`Registry::get_service`] and the store revision it was read at (to watch from the next one).
+    pub async fn get_service_with_revision(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<Service>, i64), RegistryError> {
+        let reply = self.client.get_prefix(self.service_prefix(name)).await?;
+        Ok((merge(&reply.body), reply.revision))
+    }
+
+    /// Every registered service, one entry per name and version with its nodes merged.
+    pub async fn list_services(&self) -> Result<Vec<Service>, RegistryError> {
+        let reply = self.client.get_prefix(self.prefix.clone()).await?;
+        Ok(merge(&reply.body))
+    }
+
+    /// Watch every service (`None`) or one, from now (`start_revision` 0) or from a revision.
+    pub async fn watch(
+        &self,
+        service: Option<&str>,
+        start_revision: i64,
+    ) -> Result<RegistryWatcher, RegistryError> {
+        let prefix = match service {
+            Some(s) => self.service_prefix(s),
+            None => self.prefix.clone(),
+        };
+        let spec = WatchSpec::prefix(prefix)
+            .with_prev_kv()
+            .from_revision(start_revision);
+        let stream = self.client.watch(spec).await?;
+        Ok(RegistryWatcher {
+            stream,
+            pending: VecDeque::new(),
+        })
+    }
+}
+
+/// Group decoded node values by name and version, merging their nodes, in key order.
+fn merge(kvs: &[KeyValue]) -> Vec<Service> {
+    let mut out: Vec<Service> = Vec::new();
+    for kv in kvs {
+        let Some(s) = decode(&kv.value, &kv.key) else {
+            continue;
+        };
+        match out
+            .iter_mut()
+            .find(|o| o.name == s.name && o.version == s.version)
+        {
+            Some(o) => o.nodes.extend(s.nodes),
+            None => out.push(s),
+        }
+    }
+    out
+}
+
+/// Decode a node value; a malformed one is logged and skipped (as go-micro does).
+fn decode(value: &[u8], key: &[u8]) -> Option<Service> {
+    match serde_json::from_slice::<Service>(value) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "registry: undecodable service value");
+            None
+        }
+    }
+}
+
+/// A stream of registry changes.
+#[derive(Debug)]
+pub struct RegistryWatcher {
+    stream: WatchStream,
+    pending: VecDeque<RegistryEvent>,
+}
+
+impl RegistryWatcher {
+    /// The next change; `None` once the watch has ended, `Err` for the error that ended it.
+    pub async fn next(&mut self) -> Option<Result<RegistryEvent, RegistryError>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            let batch = match self.stream.next().await? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e.into())),
+            };
+            for ev in batch.events {
+                let (action, service) = match ev.kind {
+                    EventType::Put => {
+                        let action = if ev.kv.create_revision == ev.kv.mod_revision {
+                            Action::Create
+                        } else {
+                            Action::Update
+                        };
+                        (action, decode(&ev.kv.value, &ev.kv.key))
+                    }
+                    EventType::Delete => {
+                        let service = ev.prev_kv.as_ref().and_then(|p| decode(&p.value, &p.key));
+                        if service.is_none() {
+                            tracing::warn!(key = %String::from_utf8_lossy(&ev.kv.key), "registry: delete without a decodable prev_kv");
+                        }
+                        (Action::Delete, service)
+                    }
+                };
+                if let Some(service) = service {
+                    self.pending.push_back(RegistryEvent {
+                        action,
+                        service,
+                        revision: ev.kv.mod_revision,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// State shared between a [`Registration`] handle and its background task.
+struct Shared {
+    client: Arc<dyn KvClient>,
+    /// (key, JSON value) of each node.
+    entries: Vec<(String, Vec<u8>)>,
+    ttl: i64,
+    /// Current lease id (0 before the first grant).
+    lease: Mutex<i64>,
+}
+
+impl Shared {
+    /// Grant a new lease and put every key on it.
+    async fn put_all_on_new_lease(&self) -> Result<(), KvError> {
+        let mut lease = self.lease.lock().await;
+        let granted = self.client.lease_grant(self.ttl, 0).await?.body;
+        for (key, value) in &self.entries {
+            let put = self
+                .client
+                .put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    lease: granted.id,
+                    ..PutRequest::default()
+                })
+                .await;
+            if let Err(e) = put {
+                // Do not leave a half-registered lease behind.
+                let _ = self.client.lease_revoke(granted.id).await;
+                return Err(e);
+            }
+        }
+        *lease = granted.id;
+        Ok(())
+    }
+
+    /// One round: renew the lease, re-register when it is gone, re-put keys that went missing.
+    async fn refresh(&self) -> Result<(), KvError> {
+        let lease = *self.lease.lock().await;
+        match self.client.lease_keep_alive_once(lease).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(
+                    lease,
+                    "registry: registration lease lost, registering again"
+                );
+                return self.put_all_on_new_lease().await;
+            }
+            Err(e) => return Err(e),
+        }
+        for (key, value) in &self.entries {
+            // Put only if the key is missing: a failed compare writes nothing.
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Create(0),
+                    key: key.clone().into_bytes(),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    lease,
+                    ..PutRequest::default()
+                })],
+                failure: Vec::new(),
+            };
+            let r = self.client.txn(txn).await?;
+            if r.body.succeeded {
+                tracing::warn!(key, "registry: node key was missing, put it back");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn registration_loop(
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut pause = interval;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        // A failure (store unreachable) is retried sooner; a lease that expired meanwhile is found
+        // by the next keepalive and re-registered.
+        pause = match shared.refresh().await {
+            Ok(()) => interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry: refreshing registration failed");
+                interval.min(Duration::from_millis(500))
+            }
+        };
+    }
+}
+
+/// A live registration. Call [`Registration::deregister`] on a clean exit so the nodes disappear
+/// at once; dropping the handle only stops the renewals (the keys expire with the lease).
+pub struct Registration {
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("keys", &self.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// The node keys of this registration.
+    pub fn keys(&self) -> Vec<String> {
+        self.shared.entries.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The lease currently holding the keys.
+    pub async fn lease_id(&self) -> i64 {
+        *self.shared.lease.lock().await
+    }
+
+    /// Stop renewing, delete the keys and revoke the lease.
+    pub async fn deregister(mut self) -> Result<(), RegistryError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Let an in-flight refresh finish so it cannot re-put a key after the delete.
+            let _ = task.await;
+        }
+        for (key, _) in &self.shared.entries {
+            self.shared.client.delete_key(key.clone()).await?;
+        }
+        let lease = *self.shared.lease.lock().await;
+        match self.shared.client.lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_matches_go_micro() {
+        let mut md = BTreeMap::new();
+        md.insert("k".to_string(), "v".to_string());
+        let s = Service::with_node(
+            "go.micro.server.worker",
+            Node {
+                id: "go.micro.server.worker-2".into(),
+                address: "192.168.0.107:9089".into(),
+                metadata: md,
+            },
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],"nodes":[{"id":"go.micro.server.worker-2","address":"192.168.0.107:9089","metadata":{"k":"v"}}]}"#
+        );
+    }
+
+    #[test]
+    fn decodes_go_nulls() {
+        let go = r#"{"name":"svc","version":"latest","metadata":null,"endpoints":null,
+            "nodes":[{"id":"n1","address":"a:1","metadata":null}]}"#;
+        let s: Service = serde_json::from_str(go).unwrap();
+        assert_eq!(s.nodes[0].id, "n1");
+        assert!(s.endpoints.is_empty());
+        assert!(s.nodes[0].metadata.is_empty());
+        let ep = r#"{"name":"S.M","request":{"name":"r","type":"Req","values":null},"response":null,"metadata":{"stream":"false"}}"#;
+        let e: Endpoint = serde_json::from_str(ep).unwrap();
+        assert_eq!(e.request.unwrap().kind, "Req");
+    }
+
+    #[test]
+    fn merges_nodes_per_version() {
+        let enc = |name: &str, ver: &str, id: &str| KeyValue {
+            key: format!("/micro/registry/{name}/{id}").into_bytes(),
+            value: serde_json::to_vec(&Service {
+                version: ver.into(),
+                ..Service::with_node(
+                    name,
+                    Node {
+                        id: id.into(),
+                        ..Node::default()
+                    },
+                )
+            })
+            .unwrap(),
+            ..KeyValue::default()
+        };
+        let kvs = vec![
+            enc("a", "1", "a1"),
+            enc("a", "1", "a2"),
+            enc("a", "2", "a3"),
+            KeyValue {
+                value: b"garbage".to_vec(),
+                ..KeyValue::default()
+            },
+        ];
+        let m = merge(&kvs);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].nodes.len(), 2);
+        assert_eq!(m[1].nodes[0].id, "a3");
+    }
+}
