@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "v3election.proto",
         "v3lock.proto",
         "raft.proto",
+        "crawler.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());

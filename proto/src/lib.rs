@@ -39,3 +39,9 @@ pub mod v3lockpb {
 pub mod raftpb {
     tonic::include_proto!("raftpb");
 }
+
+/// The crawler master's API (`crawler`): the `CrawlerMaster` service.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod crawler {
+    tonic::include_proto!("crawler");
+}

@@ -1,0 +1,208 @@
+//! The master's HTTP JSON API on `--http`.
+//!
+//! - `POST /crawler/resource` `{"name":"x"}` → `{"resource":{"ID":..,"Name":..,"AssignedNode":..,
+//!   "CreationTime":..},"node":{"id":..,"address":..}|null}`
+//! - `DELETE /crawler/resource` `{"name":"x"}` → `{}`
+//! - `GET /crawler/resource?name=x` → the resource
+//! - `GET /crawler/resources` → `{"resources":[...]}`
+//! - `GET /crawler/workers` → `{"workers":[{"id":..,"address":..}]}`
+//! - `GET /crawler/leader` → `{"value":..,"master_id":..,"address":..,"create_revision":..,"is_self":..}`
+//! - `GET /health` → `{"leader":bool,"ready":bool,"master":"master<id>-<addr>"}` (always 200)
+//!
+//! Bodies are read as JSON whatever their Content-Type (`curl -d '{"name":"x"}'` works).
+//!
+//! Errors are `{"error":"<message>"}` with 400 (bad input), 404 (unknown resource), 409
+//! (duplicate), 503 (no leader / leader unreachable / store unavailable) or 500.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::ops::ApiError;
+use super::resources::Resource;
+use super::Inner;
+use crate::registry::Node;
+
+/// Body of add and delete, query of get.
+#[derive(Debug, Deserialize)]
+struct NameBody {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct NodeJson {
+    id: String,
+    address: String,
+}
+
+/// Reply of an add: the stored resource (in its stored JSON shape) and its worker.
+#[derive(Serialize)]
+struct AddReply {
+    resource: Resource,
+    node: Option<NodeJson>,
+}
+
+#[derive(Serialize)]
+struct ListReply {
+    resources: Vec<Resource>,
+}
+
+#[derive(Serialize)]
+struct WorkersReply {
+    workers: Vec<NodeJson>,
+}
+
+#[derive(Serialize)]
+struct LeaderReply {
+    value: String,
+    master_id: u64,
+    address: String,
+    create_revision: i64,
+    is_self: bool,
+}
+
+#[derive(Serialize)]
+struct HealthReply<'a> {
+    leader: bool,
+    ready: bool,
+    master: &'a str,
+}
+
+impl From<Node> for NodeJson {
+    fn from(n: Node) -> Self {
+        Self {
+            id: n.id,
+            address: n.address,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// The `{"name":..}` body, whatever the Content-Type (as grpc-gateway accepts it); an empty body
+/// is an empty name.
+fn name_body(body: &Bytes) -> Result<NameBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(NameBody {
+            name: String::new(),
+        });
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidArgument(format!("bad request body: {e}")))
+}
+
+type Shared = State<Arc<Inner>>;
+
+async fn add(State(inner): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let body = name_body(&body)?;
+    let out = inner.add_resource(&body.name, false).await?;
+    Ok(Json(AddReply {
+        resource: out.resource,
+        node: out.node.map(NodeJson::from),
+    })
+    .into_response())
+}
+
+async fn delete(State(inner): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let body = name_body(&body)?;
+    inner.delete_resource(&body.name, false).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn get_one(
+    State(inner): Shared,
+    q: Result<Query<NameBody>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::InvalidArgument(format!("bad query: {e}")))?;
+    Ok(Json(inner.get_resource(&q.name).await?).into_response())
+}
+
+async fn list(State(inner): Shared) -> Result<Response, ApiError> {
+    let resources = inner.list_resources().await?;
+    Ok(Json(ListReply { resources }).into_response())
+}
+
+async fn workers(State(inner): Shared) -> Result<Response, ApiError> {
+    let workers = inner
+        .list_workers()
+        .await?
+        .into_iter()
+        .map(NodeJson::from)
+        .collect();
+    Ok(Json(WorkersReply { workers }).into_response())
+}
+
+async fn leader(State(inner): Shared) -> Result<Response, ApiError> {
+    let l = inner.leader_view().await?;
+    Ok(Json(LeaderReply {
+        value: l.value,
+        master_id: l.master_id,
+        address: l.address,
+        create_revision: l.create_revision,
+        is_self: l.is_self,
+    })
+    .into_response())
+}
+
+async fn health(State(inner): Shared) -> Response {
+    let term = inner.current_term();
+    Json(HealthReply {
+        leader: term.is_some(),
+        ready: term.is_some_and(|t| t.is_ready()),
+        master: &inner.value,
+    })
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// The API's routes.
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/crawler/resource", post(add).delete(delete).get(get_one))
+        .route("/crawler/resources", get(list))
+        .route("/crawler/workers", get(workers))
+        .route("/crawler/leader", get(leader))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(inner)
+}
+
+/// Serve the API on `listener` until `stop` turns true.
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let r = axum::serve(listener, router(inner))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "master HTTP server failed");
+    }
+}

@@ -1,0 +1,475 @@
+//! The crawler master: worker discovery, leader election, resources (crawl tasks) and their
+//! assignment, and the master API (gRPC `CrawlerMaster` and HTTP JSON).
+//!
+//! Every master keeps the worker set from the registry and campaigns under the election prefix.
+//! The leader refreshes the worker set, loads every resource, adds the missing seeds, assigns what
+//! is unassigned or assigned to a dead worker, and only then reports ready. It reassigns the
+//! resources of a worker that leaves (keeping their ID and creation time) and assigns unassigned
+//! ones when a worker joins. All its writes under `/resources/` are fenced by its election key
+//! (see [`resources`]), and it stops acting the moment it loses leadership.
+//!
+//! Followers serve reads themselves and forward writes to the leader's gRPC address, which they
+//! read from the election value `master<id>-<address>`.
+
+pub mod assign;
+pub mod forward;
+pub mod grpc;
+pub mod http;
+pub mod leader;
+pub mod ops;
+pub mod resources;
+pub mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config;
+use crate::election::{self, Election};
+use crate::kv_client::KvClient;
+use crate::registry::{self, Registry};
+use crate::snowflake::{Snowflake, SnowflakeError};
+
+pub use ops::{AddOutcome, ApiError, LeaderView};
+pub use resources::{Fence, Resource, ResourceStore, WriteError, RESOURCE_PREFIX};
+pub use workers::{WorkerDiff, WorkerSet, WORKER_SERVICE};
+
+/// How long `shutdown` waits for the servers and the resignation.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Settings of one master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// Master id (0..=1023): the snowflake node number and part of the election value.
+    pub id: u64,
+    /// Address the gRPC API binds (port 0 allowed).
+    pub grpc_listen: SocketAddr,
+    /// `host:port` (or a bare host, given the bound port) other masters reach the gRPC API at,
+    /// published in the election value. `None`: the bound address, a wildcard IP replaced by
+    /// loopback (see [`config::advertise_address`]).
+    pub grpc_advertise: Option<String>,
+    /// Address the HTTP JSON API binds (port 0 allowed); `None` = no HTTP API.
+    pub http_listen: Option<SocketAddr>,
+    /// Names of the seed resources (the config's tasks) the leader adds when missing.
+    pub seeds: Vec<String>,
+    /// Election prefix (default `/crawler/election`, outside `/resources/`).
+    pub election_prefix: String,
+    /// TTL of the election session (default 5 s): how long a crashed leader blocks a successor.
+    pub session_ttl: Duration,
+    /// Registry prefix (default go-micro's `/micro/registry/`).
+    pub registry_prefix: String,
+    /// Service the workers register as (default `go.micro.server.worker`).
+    pub worker_service: String,
+    /// How often the leader re-checks every assignment even without a registry change.
+    pub resync_interval: Duration,
+    /// Whether to campaign. `false` makes an API-only master: it serves reads and forwards
+    /// writes to the leader, but never leads.
+    pub campaign: bool,
+}
+
+impl MasterConfig {
+    /// Defaults for master `id` serving gRPC on `grpc_listen`, without HTTP or seeds.
+    pub fn new(id: u64, grpc_listen: SocketAddr) -> Self {
+        Self {
+            id,
+            grpc_listen,
+            grpc_advertise: None,
+            http_listen: None,
+            seeds: Vec::new(),
+            election_prefix: election::DEFAULT_PREFIX.to_string(),
+            session_ttl: election::DEFAULT_SESSION_TTL,
+            registry_prefix: registry::DEFAULT_PREFIX.to_string(),
+            worker_service: WORKER_SERVICE.to_string(),
+            resync_interval: Duration::from_secs(10),
+            campaign: true,
+        }
+    }
+
+    /// From resolved `[MasterServer]` settings (flags applied) and the config's tasks, which are
+    /// the seeds.
+    pub fn from_settings(
+        s: &config::ServerSettings,
+        tasks: &[config::TaskConfig],
+    ) -> Result<Self, MasterError> {
+        let id = s
+            .numeric_id()
+            .ok_or_else(|| MasterError::NotNumericId(s.id.clone()))?;
+        let mut cfg = Self::new(id, s.grpc_listen);
+        cfg.grpc_advertise = s.advertise.clone();
+        cfg.http_listen = Some(s.http_listen);
+        cfg.seeds = tasks.iter().map(|t| t.name.clone()).collect();
+        cfg.session_ttl = s.session_ttl;
+        Ok(cfg)
+    }
+}
+
+/// Why a master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The id is not a number.
+    #[error("invalid master id {0:?}: must be a number in 0..=1023")]
+    NotNumericId(String),
+    /// The id does not fit the snowflake node bits.
+    #[error("invalid master id: {0}")]
+    Id(#[from] SnowflakeError),
+    /// A listener could not bind.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configured seed name is not a valid resource name.
+    #[error("invalid seed {name:?}: {reason}")]
+    Seed {
+        /// The seed.
+        name: String,
+        /// Why it is refused.
+        reason: resources::NameError,
+    },
+}
+
+/// One leadership term of this master.
+pub(crate) struct Term {
+    /// The guard of every write of this term.
+    pub fence: Fence,
+    ready: watch::Sender<bool>,
+    ended: watch::Sender<bool>,
+}
+
+impl Term {
+    fn new(fence: Fence) -> Arc<Self> {
+        Arc::new(Self {
+            fence,
+            ready: watch::channel(false).0,
+            ended: watch::channel(false).0,
+        })
+    }
+
+    /// True once the become-leader sequence finished (and the term has not ended).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() && !self.is_ended()
+    }
+
+    fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// True once the term is over.
+    pub fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// End the term: every in-flight operation of it stops.
+    pub fn end(&self) {
+        self.ended.send_replace(true);
+    }
+
+    /// Resolves when the term has ended.
+    pub async fn ended(&self) {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
+    }
+
+    /// Resolves when the term is ready (true) or has ended (false).
+    pub async fn wait_ready(&self) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => r.is_ok() && !self.is_ended(),
+            _ = self.ended() => false,
+        }
+    }
+}
+
+/// State shared by the leader loop and the API servers.
+pub(crate) struct Inner {
+    /// Master id.
+    pub id: u64,
+    /// The election value, `master<id>-<advertised grpc address>`.
+    pub value: String,
+    /// Seed resource names.
+    pub seeds: Vec<String>,
+    /// Election session TTL.
+    pub session_ttl: Duration,
+    /// Leader's periodic reconcile interval.
+    pub resync_interval: Duration,
+    /// Whether this master campaigns.
+    pub campaign: bool,
+    /// The store.
+    pub client: Arc<dyn KvClient>,
+    /// The master election.
+    pub election: Election,
+    /// The worker registry.
+    pub registry: Registry,
+    /// Worker service name.
+    pub worker_service: String,
+    /// Resource reads and fenced writes.
+    pub store: ResourceStore,
+    /// Live workers.
+    pub workers: Arc<WorkerSet>,
+    /// Resource ID generator.
+    pub ids: Arc<Snowflake>,
+    /// The current term while this master leads.
+    pub term: watch::Sender<Option<Arc<Term>>>,
+    /// Serializes the leader's read-assign-write operations, so each one counts load from a store
+    /// state no other operation of this master is changing.
+    pub op_lock: tokio::sync::Mutex<()>,
+    /// Clients to the leader for forwarded writes.
+    pub forward: forward::Forwarder,
+}
+
+impl Inner {
+    /// The current term, if this master leads and the term has not ended.
+    pub fn current_term(&self) -> Option<Arc<Term>> {
+        self.term
+            .borrow()
+            .as_ref()
+            .filter(|t| !t.is_ended())
+            .cloned()
+    }
+}
+
+/// A running master. Call [`Master::shutdown`] to resign and stop.
+pub struct Master {
+    inner: Arc<Inner>,
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    leader_task: JoinHandle<()>,
+    workers_task: JoinHandle<()>,
+    grpc_task: JoinHandle<()>,
+    http_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master")
+            .field("value", &self.inner.value)
+            .field("grpc", &self.grpc_addr)
+            .field("http", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, MasterError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MasterError::Bind { what, addr, source })
+}
+
+impl Master {
+    /// Bind the APIs, start following the workers and campaigning, and return at once; the
+    /// master becomes ready when it wins and has finished its become-leader sequence.
+    pub async fn start(
+        cfg: MasterConfig,
+        client: Arc<dyn KvClient>,
+    ) -> Result<Master, MasterError> {
+        let ids = Arc::new(Snowflake::new(cfg.id)?);
+        for name in &cfg.seeds {
+            resources::validate_name(name).map_err(|reason| MasterError::Seed {
+                name: name.clone(),
+                reason,
+            })?;
+        }
+        let grpc_listener = bind("gRPC", cfg.grpc_listen).await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| MasterError::Bind {
+                what: "gRPC",
+                addr: cfg.grpc_listen,
+                source,
+            })?;
+        let http_listener = match cfg.http_listen {
+            Some(addr) => Some(bind("HTTP", addr).await?),
+            None => None,
+        };
+        let http_addr = match (&http_listener, cfg.http_listen) {
+            (Some(l), Some(addr)) => Some(l.local_addr().map_err(|source| MasterError::Bind {
+                what: "HTTP",
+                addr,
+                source,
+            })?),
+            _ => None,
+        };
+        let advertised = config::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
+        let value = election::master_value(cfg.id, &advertised);
+        let registry = Registry::with_prefix(client.clone(), cfg.registry_prefix.clone());
+        let workers = WorkerSet::new(registry.clone(), cfg.worker_service.clone());
+        let inner = Arc::new(Inner {
+            id: cfg.id,
+            value,
+            seeds: cfg.seeds.clone(),
+            session_ttl: cfg.session_ttl,
+            resync_interval: cfg.resync_interval,
+            campaign: cfg.campaign,
+            client: client.clone(),
+            election: Election::new(client.clone(), &cfg.election_prefix),
+            registry,
+            worker_service: cfg.worker_service.clone(),
+            store: ResourceStore::new(client.clone()),
+            workers: workers.clone(),
+            ids,
+            term: watch::channel(None).0,
+            op_lock: tokio::sync::Mutex::new(()),
+            forward: forward::Forwarder::default(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let workers_task = tokio::spawn(workers.run());
+        let leader_task = tokio::spawn(leader::run(inner.clone(), stop_rx.clone()));
+        let grpc_task = tokio::spawn(grpc::serve(inner.clone(), grpc_listener, stop_rx.clone()));
+        let http_task = http_listener.map(|l| tokio::spawn(http::serve(inner.clone(), l, stop_rx)));
+        tracing::info!(
+            master = %inner.value,
+            grpc = %grpc_addr,
+            http = ?http_addr,
+            "master started"
+        );
+        Ok(Master {
+            inner,
+            grpc_addr,
+            http_addr,
+            stop,
+            leader_task,
+            workers_task,
+            grpc_task,
+            http_task,
+        })
+    }
+
+    /// The master id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The election value this master campaigns with, `master<id>-<advertised grpc address>`.
+    pub fn election_value(&self) -> &str {
+        &self.inner.value
+    }
+
+    /// Where the gRPC API is bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the HTTP API is bound, if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// True while this master holds the leadership (ready or not yet).
+    pub fn is_leader(&self) -> bool {
+        self.inner.current_term().is_some()
+    }
+
+    /// True once this master leads and has finished its become-leader sequence.
+    pub fn ready(&self) -> bool {
+        self.inner.current_term().is_some_and(|t| t.is_ready())
+    }
+
+    /// Wait up to `timeout` for [`Master::ready`].
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut terms = self.inner.term.subscribe();
+        let wait = async {
+            loop {
+                let term = terms.borrow_and_update().clone();
+                if let Some(t) = term {
+                    if t.wait_ready().await {
+                        return;
+                    }
+                }
+                if terms.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// The fence of the current term (the guard its writes carry), if leading.
+    pub fn fence(&self) -> Option<Fence> {
+        self.inner.current_term().map(|t| t.fence.clone())
+    }
+
+    /// The worker set as this master currently sees it.
+    pub fn workers(&self) -> Vec<crate::registry::Node> {
+        self.inner.workers.snapshot().into_values().collect()
+    }
+
+    /// Resign (if leading), revoke the election session and stop the APIs.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        // The leader loop resigns and revokes its session before it returns.
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.leader_task)
+            .await
+            .is_err()
+        {
+            self.leader_task.abort();
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.grpc_task)
+            .await
+            .is_err()
+        {
+            self.grpc_task.abort();
+        }
+        if let Some(mut h) = self.http_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut h).await.is_err() {
+                h.abort();
+            }
+        }
+        self.workers_task.abort();
+        tracing::info!(master = %self.inner.value, "master stopped");
+    }
+
+    /// Stop everything at once without resigning, as a crash would: the election key stays until
+    /// the session lease expires.
+    pub fn abort(self) {
+        self.leader_task.abort();
+        self.workers_task.abort();
+        self.grpc_task.abort();
+        if let Some(h) = &self.http_task {
+            h.abort();
+        }
+        if let Some(t) = self.inner.current_term() {
+            t.end();
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        // Dropping without shutdown behaves like abort: nothing keeps running in the background.
+        self.stop.send_replace(true);
+        self.workers_task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_settings() {
+        let cfg = config::Config::sample().unwrap();
+        let s = cfg
+            .master_server
+            .resolve(
+                config::Role::Master,
+                &config::ServerOverrides::default(),
+                "sample",
+            )
+            .unwrap();
+        let m = MasterConfig::from_settings(&s, &cfg.tasks).unwrap();
+        assert_eq!(m.seeds.len(), cfg.tasks.len());
+        assert_eq!(m.http_listen, Some(s.http_listen));
+        assert_eq!(m.election_prefix, "/crawler/election");
+    }
+}

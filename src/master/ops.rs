@@ -1,0 +1,365 @@
+//! The master API's operations, shared by the gRPC and HTTP front ends.
+//!
+//! Writes (add, delete) run on the leader under its fence; a follower forwards them to the
+//! leader's gRPC address. Reads (get, list, workers, leader) are answered by any master from the
+//! store, which every master shares.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::assign::Load;
+use super::resources::{format_assigned, validate_name, Resource, WriteError};
+use super::{Inner, Term};
+use crate::kv_client::KvError;
+use crate::registry::Node;
+
+/// How long a write waits for a leader that has won but is not ready yet.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Message when no master leads.
+pub const NO_LEADER: &str = "no master leader";
+
+/// An API error, mapped to a gRPC code and an HTTP status by the front ends.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input (gRPC InvalidArgument, HTTP 400).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The resource exists (gRPC AlreadyExists, HTTP 409).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The resource does not exist (gRPC NotFound, HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// No leader, leader unreachable or not ready, store unavailable (gRPC Unavailable, HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (gRPC Internal, HTTP 500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<KvError> for ApiError {
+    fn from(e: KvError) -> Self {
+        ApiError::Unavailable(format!("store: {e}"))
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    /// A forwarded call's status, code by code.
+    fn from(s: tonic::Status) -> Self {
+        let msg = s.message().to_string();
+        match s.code() {
+            tonic::Code::InvalidArgument => ApiError::InvalidArgument(msg),
+            tonic::Code::AlreadyExists => ApiError::AlreadyExists(msg),
+            tonic::Code::NotFound => ApiError::NotFound(msg),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ApiError::Unavailable(msg),
+            _ => ApiError::Internal(msg),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            ApiError::AlreadyExists(m) => tonic::Status::already_exists(m),
+            ApiError::NotFound(m) => tonic::Status::not_found(m),
+            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
+            ApiError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// Result of an add: the stored resource and the worker it went to (none while no worker lives).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// The resource as stored.
+    pub resource: Resource,
+    /// The assigned worker.
+    pub node: Option<Node>,
+}
+
+/// The current leader as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    /// Election value, `master<id>-<address>`.
+    pub value: String,
+    /// Master id from the value (0 when the value is not in the master format).
+    pub master_id: u64,
+    /// Advertised gRPC address from the value.
+    pub address: String,
+    /// The election key's create revision.
+    pub create_revision: i64,
+    /// Whether the answering master is the leader.
+    pub is_self: bool,
+}
+
+/// Split an election value `master<id>-<address>` into id and address.
+pub fn parse_value(value: &str) -> Option<(u64, &str)> {
+    let rest = value.strip_prefix("master")?;
+    let (id, addr) = rest.split_once('-')?;
+    let id = id.parse().ok()?;
+    (!addr.is_empty()).then_some((id, addr))
+}
+
+/// Where a write goes.
+enum Route {
+    /// This master leads: run it in this term.
+    Local(Arc<Term>),
+    /// Forward to the leader at this gRPC address.
+    Forward(String),
+}
+
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn lost() -> ApiError {
+    ApiError::Unavailable("master leadership lost; retry".into())
+}
+
+fn invalid(name: &str) -> Result<(), ApiError> {
+    validate_name(name).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+impl Inner {
+    /// Decide where a write runs. `forwarded`: the call came from another master, so it must not
+    /// be forwarded again (no loops while leadership moves).
+    async fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            if let Some(term) = self.current_term() {
+                if term.is_ready() {
+                    return Ok(Route::Local(term));
+                }
+                match tokio::time::timeout_at(deadline, term.wait_ready()).await {
+                    Ok(true) => return Ok(Route::Local(term)),
+                    Ok(false) => continue,
+                    Err(_) => {
+                        return Err(ApiError::Unavailable("master leader not ready yet".into()))
+                    }
+                }
+            }
+            let leader = self.election.leader().await.map_err(|e| {
+                ApiError::Unavailable(format!("cannot read the master election: {e}"))
+            })?;
+            match leader {
+                None => return Err(ApiError::Unavailable(NO_LEADER.into())),
+                Some(l) if l.value_str() == self.value => {
+                    // Our key leads, but the term is not set up yet (just won) or already over.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ApiError::Unavailable("master leader not ready yet".into()));
+                    }
+                    let mut terms = self.term.subscribe();
+                    let _ = tokio::time::timeout_at(
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                        terms.changed(),
+                    )
+                    .await;
+                }
+                Some(_) if forwarded => {
+                    return Err(ApiError::Unavailable(
+                        "not the master leader (forwarded call)".into(),
+                    ))
+                }
+                Some(l) => {
+                    let value = l.value_str();
+                    return match parse_value(&value) {
+                        Some((_, addr)) => Ok(Route::Forward(addr.to_string())),
+                        None => Err(ApiError::Unavailable(format!(
+                            "master leader {value:?} has no address to forward to"
+                        ))),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Add a resource and assign it (see [`AddOutcome`]).
+    pub async fn add_resource(&self, name: &str, forwarded: bool) -> Result<AddOutcome, ApiError> {
+        invalid(name)?;
+        match self.route(forwarded).await? {
+            Route::Forward(addr) => self.forward.add_resource(&addr, name).await,
+            Route::Local(term) => {
+                tokio::select! {
+                    r = self.add_local(&term, name) => r,
+                    _ = term.ended() => Err(lost()),
+                }
+            }
+        }
+    }
+
+    async fn add_local(&self, term: &Term, name: &str) -> Result<AddOutcome, ApiError> {
+        let _op = self.op_lock.lock().await;
+        let (stored, _) = self.store.load().await?;
+        if stored.iter().any(|s| s.resource.name == name) {
+            return Err(ApiError::AlreadyExists(format!(
+                "resource {name} already exists"
+            )));
+        }
+        let workers = self.workers.snapshot();
+        let load = Load::count(stored.iter().map(|s| &s.resource), &workers);
+        let node = load.least_loaded(&workers).cloned();
+        let resource = Resource {
+            id: self.mint_id().await?,
+            name: name.to_string(),
+            assigned_node: node
+                .as_ref()
+                .map(|n| format_assigned(&n.id, &n.address))
+                .unwrap_or_default(),
+            creation_time: now_nanos(),
+        };
+        match self.store.create(&term.fence, &resource).await {
+            Ok(_) => {
+                tracing::info!(resource = %name, id = %resource.id, node = %resource.assigned_node, "resource added");
+                Ok(AddOutcome { resource, node })
+            }
+            Err(WriteError::Fenced) => {
+                tracing::warn!("fenced write failed: leadership lost");
+                term.end();
+                Err(lost())
+            }
+            Err(WriteError::Exists(_)) => Err(ApiError::AlreadyExists(format!(
+                "resource {name} already exists"
+            ))),
+            Err(WriteError::Missing(m)) => Err(ApiError::Internal(m)),
+            Err(WriteError::Kv(e)) => Err(e.into()),
+        }
+    }
+
+    /// A new snowflake ID (off the async threads: the generator may sleep when the clock steps back).
+    pub async fn mint_id(&self) -> Result<String, ApiError> {
+        let ids = self.ids.clone();
+        match tokio::task::spawn_blocking(move || ids.next_id()).await {
+            Ok(Ok(id)) => Ok(id.to_string()),
+            Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
+            Err(e) => Err(ApiError::Internal(format!("id generator failed: {e}"))),
+        }
+    }
+
+    /// Delete a resource.
+    pub async fn delete_resource(&self, name: &str, forwarded: bool) -> Result<(), ApiError> {
+        invalid(name)?;
+        match self.route(forwarded).await? {
+            Route::Forward(addr) => self.forward.delete_resource(&addr, name).await,
+            Route::Local(term) => {
+                tokio::select! {
+                    r = self.delete_local(&term, name) => r,
+                    _ = term.ended() => Err(lost()),
+                }
+            }
+        }
+    }
+
+    async fn delete_local(&self, term: &Term, name: &str) -> Result<(), ApiError> {
+        let _op = self.op_lock.lock().await;
+        match self.store.delete(&term.fence, name).await {
+            Ok(_) => {
+                tracing::info!(resource = %name, "resource deleted");
+                Ok(())
+            }
+            Err(WriteError::Fenced) => {
+                tracing::warn!("fenced write failed: leadership lost");
+                term.end();
+                Err(lost())
+            }
+            Err(WriteError::Missing(_)) => {
+                Err(ApiError::NotFound(format!("resource {name} not found")))
+            }
+            Err(WriteError::Exists(m)) => Err(ApiError::Internal(m)),
+            Err(WriteError::Kv(e)) => Err(e.into()),
+        }
+    }
+
+    /// One resource from the store.
+    pub async fn get_resource(&self, name: &str) -> Result<Resource, ApiError> {
+        invalid(name)?;
+        match self.store.get(name).await? {
+            Some(s) => Ok(s.resource),
+            None => Err(ApiError::NotFound(format!("resource {name} not found"))),
+        }
+    }
+
+    /// Every resource in the store, by name.
+    pub async fn list_resources(&self) -> Result<Vec<Resource>, ApiError> {
+        Ok(self
+            .store
+            .load()
+            .await?
+            .0
+            .into_iter()
+            .map(|s| s.resource)
+            .collect())
+    }
+
+    /// The workers registered now, by node id (read from the registry, not from memory).
+    pub async fn list_workers(&self) -> Result<Vec<Node>, ApiError> {
+        let services = self
+            .registry
+            .get_service(&self.worker_service)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("registry: {e}")))?;
+        let mut nodes: Vec<Node> = services.into_iter().flat_map(|s| s.nodes).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes.dedup_by(|a, b| a.id == b.id);
+        Ok(nodes)
+    }
+
+    /// The current leader.
+    pub async fn leader_view(&self) -> Result<LeaderView, ApiError> {
+        let leader = self
+            .election
+            .leader()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot read the master election: {e}")))?
+            .ok_or_else(|| ApiError::Unavailable(NO_LEADER.into()))?;
+        let value = leader.value_str();
+        let (master_id, address) = parse_value(&value)
+            .map(|(id, a)| (id, a.to_string()))
+            .unwrap_or_default();
+        let is_self = self.current_term().is_some_and(|t| {
+            t.fence.key == leader.key && t.fence.create_revision == leader.create_revision
+        });
+        Ok(LeaderView {
+            value,
+            master_id,
+            address,
+            create_revision: leader.create_revision,
+            is_self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_values() {
+        assert_eq!(
+            parse_value("master2-192.168.0.107:9091"),
+            Some((2, "192.168.0.107:9091"))
+        );
+        assert_eq!(parse_value("master2-[::1]:9091"), Some((2, "[::1]:9091")));
+        assert_eq!(parse_value("master2-"), None);
+        assert_eq!(parse_value("masterx-a:1"), None);
+        assert_eq!(parse_value("worker2-a:1"), None);
+    }
+
+    #[test]
+    fn status_round_trip() {
+        for e in [
+            ApiError::InvalidArgument("resource name is empty".into()),
+            ApiError::AlreadyExists("a".into()),
+            ApiError::NotFound("b".into()),
+            ApiError::Unavailable(NO_LEADER.into()),
+            ApiError::Internal("c".into()),
+        ] {
+            let s: tonic::Status = e.clone().into();
+            assert_eq!(ApiError::from(s), e);
+        }
+    }
+}
