@@ -18,11 +18,100 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Subcommands. `master`, `worker` and `dev` will join `store` here.
+/// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one member of the etcd-compatible store (flags as etcd's).
     Store(StoreArgs),
+    /// Load generator speaking etcd's v3 API (compare our store with etcd).
+    Bench(crate::bench::BenchArgs),
+    /// Run a crawler master (embeds a store member unless `--etcd-endpoints` is given).
+    Master(MasterArgs),
+    /// Run a crawler worker against the store at `--registry`.
+    Worker(WorkerArgs),
+    /// One process with a single-node store, a master and a worker: try the crawler locally.
+    Dev(DevArgs),
+}
+
+/// Flags of `crawler master`. Values given here override the config file's `[MasterServer]`.
+#[derive(Clone, Debug, Args)]
+pub struct MasterArgs {
+    /// Master id, 0..=1023 (snowflake node id; part of the election value). Default 1.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP API listen address, `:port` or `host:port` (default `:8081`).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// gRPC API listen address, `:port` or `host:port` (default `:9091`).
+    #[arg(long)]
+    pub grpc: Option<String>,
+    /// Address other masters reach the gRPC API at (default 127.0.0.1:<grpc port> for `:port`).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Config file (`crawler.toml`); without it only defaults and flags apply (no seeds).
+    #[arg(long, env = "CRAWLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Use these etcd-compatible endpoints (comma-separated `host:port`) instead of embedding a
+    /// store member; the store flags below are then ignored.
+    #[arg(long)]
+    pub etcd_endpoints: Option<String>,
+    /// The embedded store member (same flags as `crawler store`).
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Flags of `crawler worker`. Values given here override the config file's `[GRPCServer]`.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerArgs {
+    /// Worker id; the registry node is `go.micro.server.worker-<id>`. Default 1.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP API listen address, `:port` or `host:port` (default `:8080`).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// gRPC listen address, `:port` or `host:port` (default `:9090`).
+    #[arg(long)]
+    pub grpc: Option<String>,
+    /// Address registered for this worker: `host:port`, or `host` to keep the gRPC port
+    /// (default 127.0.0.1:<grpc port> for `:port`).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Store endpoints, comma-separated `host:port` (default 127.0.0.1:2379).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Registration lease TTL in seconds (default 10): how long a crashed worker stays listed.
+    #[arg(long)]
+    pub register_ttl: Option<u64>,
+    /// Config file (`crawler.toml`); without it only defaults and flags apply (no tasks).
+    #[arg(long, env = "CRAWLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level: debug, info, warn, error (RUST_LOG overrides it; default: the file's, else info).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// Flags of `crawler dev`: the embedded store's flags (data dir default `crawler-dev.data`,
+/// client URL 127.0.0.1:2379 so a bare `etcdctl` finds it) and the four API addresses.
+#[derive(Clone, Debug, Args)]
+pub struct DevArgs {
+    /// Config file (default: the built-in sample `crawler.toml`).
+    #[arg(long, env = "CRAWLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Master HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub master_http: String,
+    /// Master gRPC API listen address.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub master_grpc: String,
+    /// Worker HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:8079")]
+    pub worker_http: String,
+    /// Worker gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:9089")]
+    pub worker_grpc: String,
+    /// The single-node store (same flags as `crawler store`).
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// `--initial-cluster-state`.
@@ -83,6 +172,11 @@ pub struct StoreArgs {
     /// Log level: debug, info, warn, error (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Testing only: dial `<dial-url>` whenever a peer advertised as `<advertised-url>` is
+    /// contacted (fault tests route peer links through proxies). Repeatable.
+    #[arg(long = "peer-dial-override", hide = true, value_name = "ADVERTISED=DIAL",
+          value_parser = parse_dial_override)]
+    pub peer_dial_overrides: Vec<(String, String)>,
 }
 
 /// A URL of the form `http://host:port`, as etcd accepts them for member and client URLs.
@@ -252,6 +346,12 @@ pub fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
     Ok(UrlList(urls))
 }
 
+/// Parse one `--peer-dial-override` value: `<advertised-url>=<dial-url>`, both `http://host:port`.
+pub fn parse_dial_override(s: &str) -> Result<(String, String), UrlError> {
+    let (from, to) = s.split_once('=').ok_or_else(|| UrlError::Form(s.into()))?;
+    Ok((parse_url(from)?.to_string(), parse_url(to)?.to_string()))
+}
+
 /// Parse `--initial-cluster` (`name=url,...`; a name may repeat for several URLs).
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::new();
@@ -362,6 +462,7 @@ impl StoreArgs {
                 heartbeat_interval_ms: self.heartbeat_interval,
                 election_timeout_ms: self.election_timeout,
                 snapshot_count: self.snapshot_count,
+                peer_dial_overrides: self.peer_dial_overrides.iter().cloned().collect(),
             },
             listen_client,
             limits: Limits {
@@ -381,6 +482,7 @@ mod tests {
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
             Command::Store(s) => s,
+            other => panic!("expected the store command, got {other:?}"),
         })
     }
 
@@ -467,6 +569,21 @@ mod tests {
             .expect("parse")
             .member_config();
         assert!(matches!(mismatch, Err(ConfigError::PeerUrlMismatch { .. })));
+
+        let o = store(&[
+            "--peer-dial-override",
+            "http://127.0.0.1:3001=http://127.0.0.1:4001",
+            "--peer-dial-override",
+            "http://127.0.0.1:3002=http://127.0.0.1:4002",
+        ])
+        .expect("parse")
+        .member_config()
+        .expect("valid");
+        assert_eq!(
+            o.node.peer_dial_overrides.get("http://127.0.0.1:3002"),
+            Some(&"http://127.0.0.1:4002".to_string())
+        );
+        assert!(store(&["--peer-dial-override", "http://a:1"]).is_err());
 
         let err = store(&["--listen-client-urls", "localhost:2379"]).expect_err("bad url");
         assert!(err.to_string().contains("--listen-client-urls"), "{err}");

@@ -3,14 +3,51 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use crawler::cli::{Cli, Command, StoreArgs};
 use crawler::member::Member;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Whether `--log-level` was typed (the store flags give it a default): the config file's
+    // `logLevel` applies only when it was not.
+    let typed_log_level = |sub: &str| {
+        matches
+            .subcommand_matches(sub)
+            .and_then(|m| m.value_source("log_level"))
+            == Some(ValueSource::CommandLine)
+    };
     match cli.command {
+        Command::Master(args) => {
+            let cfg = match crawler::dev::load_config(args.config.as_deref(), false) {
+                Ok(c) => c,
+                Err(e) => return fail("master", &e),
+            };
+            let flag = typed_log_level("master").then_some(args.store.log_level.as_str());
+            init_logging(&crawler::dev::log_level(flag, &cfg));
+            block_on("master", crawler::dev::run_master(args, cfg))
+        }
+        Command::Worker(args) => {
+            let cfg = match crawler::dev::load_config(args.config.as_deref(), false) {
+                Ok(c) => c,
+                Err(e) => return fail("worker", &e),
+            };
+            init_logging(&crawler::dev::log_level(args.log_level.as_deref(), &cfg));
+            block_on("worker", crawler::dev::run_worker(args, cfg))
+        }
+        Command::Dev(args) => {
+            let cfg = match crawler::dev::load_config(args.config.as_deref(), true) {
+                Ok(c) => c,
+                Err(e) => return fail("dev", &e),
+            };
+            let flag = typed_log_level("dev").then_some(args.store.log_level.as_str());
+            init_logging(&crawler::dev::log_level(flag, &cfg));
+            block_on("dev", crawler::dev::run_dev(args, cfg))
+        }
+        Command::Bench(args) => crawler::bench::main(args),
         Command::Store(args) => {
             init_logging(&args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -31,6 +68,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn fail(cmd: &str, e: &anyhow::Error) -> ExitCode {
+    eprintln!("crawler {cmd}: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// Run one subcommand on a multi-threaded runtime.
+fn block_on(cmd: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crawler {cmd}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(cmd, &e),
     }
 }
 

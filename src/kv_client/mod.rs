@@ -11,10 +11,11 @@
 //! a raft commit.
 //!
 //! Implementations: [`remote::RemoteKvClient`] (etcd gRPC over a list of endpoints with failover);
-//! an in-process one on the local store member is to come.
+//! [`local::LocalClient`] on the store member running in the same process (no network hop).
 
 pub mod convert;
 pub mod keepalive;
+pub mod local;
 pub mod remote;
 
 use std::future::Future;

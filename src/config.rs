@@ -1,0 +1,866 @@
+//! The configuration file (`crawler.toml`), in the spirit of the Go original's `config.toml`.
+//!
+//! ```toml
+//! logLevel = "info"
+//!
+//! [[Tasks]]
+//! Name = "douban_book_list"
+//! URLs = ["https://book.douban.com/tag/"]
+//! WaitTime = 2
+//! MaxDepth = 5
+//! Limits = [{ EventCount = 1, EventDur = 3 }, { EventCount = 20, EventDur = 60 }]
+//!
+//! [GRPCServer]          # the worker
+//! RegistryAddress = "127.0.0.1:2379"
+//! RegisterTTL = 10
+//!
+//! [MasterServer]
+//! HTTPListenAddress = ":8081"
+//! ```
+//!
+//! Field names are exactly the original's PascalCase ones; unknown fields are rejected so a typo
+//! is an error, not a silently ignored setting. Every error names the file, and the field (for
+//! a parse error toml's message carries the line, column and offending key). Command-line flags
+//! override the file ([`ServerOverrides`]); what neither sets gets a default ([`Role`]).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// go-micro service name of workers.
+pub const WORKER_SERVICE: &str = "go.micro.server.worker";
+/// go-micro service name of masters.
+pub const MASTER_SERVICE: &str = "go.micro.server.master";
+/// Registration TTL when neither the file nor a flag sets one, seconds.
+pub const DEFAULT_REGISTER_TTL_SECS: u64 = 10;
+/// Client (store request) timeout when not set, seconds.
+pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 10;
+/// Master election session TTL when not set, seconds (the Go project's 5 s).
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 5;
+/// Default store endpoint of workers (and of `--etcd-endpoints`-less tools).
+pub const DEFAULT_REGISTRY_ADDRESS: &str = "127.0.0.1:2379";
+
+/// The sample configuration shipped at the repository root; `crawler dev` uses it when no
+/// `--config` is given.
+pub const SAMPLE_CONFIG: &str = include_str!("../crawler.toml");
+/// How the built-in sample is named in errors and logs.
+pub const SAMPLE_CONFIG_ORIGIN: &str = "<built-in crawler.toml>";
+
+/// Why a configuration could not be loaded. Each variant names the file (`origin`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable).
+    #[error("{origin}: cannot read config file: {source}")]
+    Read {
+        /// The file.
+        origin: String,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown field or a field of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file.
+        origin: String,
+        /// toml's message: line, column, the offending key and what was expected.
+        message: String,
+    },
+    /// A field parsed but its value is not acceptable.
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        /// The file (or `--flag` when the value came from the command line).
+        origin: String,
+        /// The field's path, e.g. `Tasks[1].Limits[0].EventDur`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(origin: &str, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Log filter (`debug`, `info`, `warn`, `error`, or a `tracing` filter); flags and `RUST_LOG`
+    /// win over it.
+    #[serde(rename = "logLevel", default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Crawl tasks: the master's seeds, and what a worker runs for a resource of that name.
+    #[serde(rename = "Tasks", default)]
+    pub tasks: Vec<TaskConfig>,
+    /// Settings of `crawler master`.
+    #[serde(rename = "MasterServer", default)]
+    pub master_server: ServerConfig,
+    /// Settings of `crawler worker` (the original's name for the worker's server section).
+    #[serde(rename = "GRPCServer", default)]
+    pub grpc_server: ServerConfig,
+}
+
+/// Which fetcher a task uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetcherKind {
+    /// Plain HTTP client.
+    #[default]
+    Http,
+    /// HTTP client presenting itself as a desktop browser (the original's "browser" fetcher).
+    Browser,
+}
+
+/// One rate limit: at most `EventCount` requests per `EventDur` seconds (a token bucket).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Requests allowed per window.
+    #[serde(rename = "EventCount")]
+    pub event_count: u32,
+    /// Window length, seconds (fractions allowed).
+    #[serde(rename = "EventDur")]
+    pub event_dur: f64,
+    /// Bucket size (burst); defaults to `EventCount`.
+    #[serde(rename = "Bucket", default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<u32>,
+}
+
+impl LimitConfig {
+    /// The window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.event_dur.max(0.0))
+    }
+
+    /// The burst size.
+    pub fn burst(&self) -> u32 {
+        self.bucket.unwrap_or(self.event_count)
+    }
+}
+
+/// One crawl task (`[[Tasks]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Unique task name; also the resource name (`/resources/<Name>`).
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Seed URLs.
+    #[serde(rename = "URLs", default)]
+    pub urls: Vec<String>,
+    /// Hosts the crawl may visit (empty = the seeds' hosts).
+    #[serde(rename = "AllowedDomains", default)]
+    pub allowed_domains: Vec<String>,
+    /// Upper bound of the random politeness delay between requests, seconds.
+    #[serde(rename = "WaitTime", default)]
+    pub wait_time: f64,
+    /// Deepest link level followed from a seed (0 = unlimited).
+    #[serde(rename = "MaxDepth", default)]
+    pub max_depth: u32,
+    /// Fetch pages again even if already visited.
+    #[serde(rename = "Reload", default)]
+    pub reload: bool,
+    /// Which fetcher to use.
+    #[serde(rename = "Fetcher", default)]
+    pub fetcher: FetcherKind,
+    /// Rate limits; every one must allow a request.
+    #[serde(rename = "Limits", default)]
+    pub limits: Vec<LimitConfig>,
+    /// `Cookie` header sent with every request.
+    #[serde(rename = "Cookie", default)]
+    pub cookie: String,
+    /// `User-Agent` header (default: the fetcher's).
+    #[serde(rename = "UserAgent", default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl TaskConfig {
+    /// A task with this name and every other field at its default.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            urls: Vec::new(),
+            allowed_domains: Vec::new(),
+            wait_time: 0.0,
+            max_depth: 0,
+            reload: false,
+            fetcher: FetcherKind::default(),
+            limits: Vec::new(),
+            cookie: String::new(),
+            user_agent: None,
+        }
+    }
+
+    /// The politeness delay bound as a duration.
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs_f64(self.wait_time.max(0.0))
+    }
+}
+
+/// Accept `ID = "2"` and `ID = 2` alike.
+fn string_or_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        I(i64),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|id| match id {
+        Id::S(s) => s,
+        Id::I(i) => i.to_string(),
+    }))
+}
+
+/// `[MasterServer]` / `[GRPCServer]`: a server's identity, listeners and registry settings.
+/// Every field is optional; [`ServerConfig::resolve`] fills defaults per [`Role`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP API listen address, `host:port` or `:port` (all interfaces).
+    #[serde(rename = "HTTPListenAddress", default)]
+    pub http_listen_address: Option<String>,
+    /// gRPC listen address, `host:port` or `:port` (all interfaces).
+    #[serde(rename = "GRPCListenAddress", default)]
+    pub grpc_listen_address: Option<String>,
+    /// Address registered for the gRPC server (`host:port`, or `host` to keep the bound port);
+    /// default `127.0.0.1:<port>` for a wildcard listener, else the listen address.
+    #[serde(rename = "AdvertiseAddress", default)]
+    pub advertise_address: Option<String>,
+    /// Server id: the worker's node suffix, the master's snowflake node id (0..=1023).
+    #[serde(rename = "ID", default, deserialize_with = "string_or_int")]
+    pub id: Option<String>,
+    /// Store endpoints, comma-separated `host:port` (`:2379` = `127.0.0.1:2379`).
+    #[serde(rename = "RegistryAddress", default)]
+    pub registry_address: Option<String>,
+    /// Registration lease TTL, seconds.
+    #[serde(rename = "RegisterTTL", default)]
+    pub register_ttl: Option<u64>,
+    /// Registration refresh interval, seconds (default a third of the TTL).
+    #[serde(rename = "RegisterInterval", default)]
+    pub register_interval: Option<u64>,
+    /// Timeout of one store request, seconds.
+    #[serde(rename = "ClientTimeOut", default)]
+    pub client_timeout: Option<u64>,
+    /// Service name in the registry.
+    #[serde(rename = "Name", default)]
+    pub name: Option<String>,
+    /// Master election session TTL, seconds (masters only).
+    #[serde(rename = "SessionTTL", default)]
+    pub session_ttl: Option<u64>,
+}
+
+/// Values given on the command line; each one that is `Some` wins over the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerOverrides {
+    /// `--id`.
+    pub id: Option<String>,
+    /// `--http`.
+    pub http: Option<String>,
+    /// `--grpc`.
+    pub grpc: Option<String>,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+    /// `--registry` / `--etcd-endpoints`.
+    pub registry: Option<String>,
+    /// `--register-ttl` (seconds).
+    pub register_ttl: Option<u64>,
+}
+
+/// Which server a section configures (selects the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `crawler master`: HTTP `:8081`, gRPC `:9091`, service `go.micro.server.master`.
+    Master,
+    /// `crawler worker`: HTTP `:8080`, gRPC `:9090`, service `go.micro.server.worker`.
+    Worker,
+}
+
+impl Role {
+    fn section(self) -> &'static str {
+        match self {
+            Role::Master => "MasterServer",
+            Role::Worker => "GRPCServer",
+        }
+    }
+}
+
+/// A server section with flags applied, defaults filled and every value checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Server id (non-empty, no `/` or `|`).
+    pub id: String,
+    /// Service name in the registry.
+    pub name: String,
+    /// Where the HTTP API listens.
+    pub http_listen: SocketAddr,
+    /// Where the gRPC server listens.
+    pub grpc_listen: SocketAddr,
+    /// Explicit advertised gRPC address (`host:port` or `host`), if any.
+    pub advertise: Option<String>,
+    /// Store endpoints (`host:port`).
+    pub registry: Vec<String>,
+    /// Registration lease TTL.
+    pub register_ttl: Duration,
+    /// Registration refresh interval (`None` = a third of the TTL).
+    pub register_interval: Option<Duration>,
+    /// Timeout of one store request.
+    pub client_timeout: Duration,
+    /// Master election session TTL.
+    pub session_ttl: Duration,
+}
+
+impl ServerSettings {
+    /// The id as a number (masters: the snowflake node id).
+    pub fn numeric_id(&self) -> Option<u64> {
+        self.id.parse().ok()
+    }
+
+    /// Registry node id: `<service name>-<id>`, e.g. `go.micro.server.worker-2`.
+    pub fn node_id(&self) -> String {
+        format!("{}-{}", self.name, self.id)
+    }
+}
+
+impl ServerConfig {
+    /// Apply flags, fill defaults for `role` and check every value. `origin` names the file in
+    /// errors (flags are named as `--flag`).
+    pub fn resolve(
+        &self,
+        role: Role,
+        flags: &ServerOverrides,
+        origin: &str,
+    ) -> Result<ServerSettings, ConfigError> {
+        let sec = role.section();
+        // (value, where it came from) — the flag when given, else the file.
+        fn pick<'a, T>(
+            flag: &'a Option<T>,
+            file: &'a Option<T>,
+            flag_name: &str,
+            field: String,
+            origin: &str,
+        ) -> Option<(&'a T, String, String)> {
+            match (flag, file) {
+                (Some(v), _) => Some((v, "command line".to_string(), format!("--{flag_name}"))),
+                (None, Some(v)) => Some((v, origin.to_string(), field)),
+                (None, None) => None,
+            }
+        }
+        let (def_http, def_grpc, def_name) = match role {
+            Role::Master => (":8081", ":9091", MASTER_SERVICE),
+            Role::Worker => (":8080", ":9090", WORKER_SERVICE),
+        };
+
+        let id = match pick(&flags.id, &self.id, "id", format!("{sec}.ID"), origin) {
+            Some((v, o, f)) => {
+                check_id(v).map_err(|m| invalid(&o, f, m))?;
+                v.clone()
+            }
+            None => "1".to_string(),
+        };
+        if role == Role::Master {
+            let ok = id.parse::<u64>().is_ok_and(|n| n <= 1023);
+            if !ok {
+                let (o, f) = if flags.id.is_some() {
+                    ("command line".to_string(), "--id".to_string())
+                } else {
+                    (origin.to_string(), format!("{sec}.ID"))
+                };
+                return Err(invalid(
+                    &o,
+                    f,
+                    format!("master id {id:?} must be a number from 0 to 1023 (snowflake node id)"),
+                ));
+            }
+        }
+        let name = match &self.name {
+            Some(n) if n.trim().is_empty() => {
+                return Err(invalid(origin, format!("{sec}.Name"), "must not be empty"))
+            }
+            Some(n) => n.clone(),
+            None => def_name.to_string(),
+        };
+        let listen = |flag: &Option<String>,
+                      file: &Option<String>,
+                      flag_name: &str,
+                      field: &str,
+                      default: &str|
+         -> Result<SocketAddr, ConfigError> {
+            match pick(flag, file, flag_name, format!("{sec}.{field}"), origin) {
+                Some((v, o, f)) => parse_listen(v).map_err(|m| invalid(&o, f, m)),
+                None => parse_listen(default).map_err(|m| invalid(origin, field, m)),
+            }
+        };
+        let http_listen = listen(
+            &flags.http,
+            &self.http_listen_address,
+            "http",
+            "HTTPListenAddress",
+            def_http,
+        )?;
+        let grpc_listen = listen(
+            &flags.grpc,
+            &self.grpc_listen_address,
+            "grpc",
+            "GRPCListenAddress",
+            def_grpc,
+        )?;
+        let advertise = match pick(
+            &flags.advertise,
+            &self.advertise_address,
+            "advertise",
+            format!("{sec}.AdvertiseAddress"),
+            origin,
+        ) {
+            Some((v, o, f)) => {
+                check_advertise(v).map_err(|m| invalid(&o, f, m))?;
+                Some(v.trim().to_string())
+            }
+            None => None,
+        };
+        let registry = match pick(
+            &flags.registry,
+            &self.registry_address,
+            "registry",
+            format!("{sec}.RegistryAddress"),
+            origin,
+        ) {
+            Some((v, o, f)) => parse_endpoints(v).map_err(|m| invalid(&o, f, m))?,
+            None => vec![DEFAULT_REGISTRY_ADDRESS.to_string()],
+        };
+        let register_ttl = match pick(
+            &flags.register_ttl,
+            &self.register_ttl,
+            "register-ttl",
+            format!("{sec}.RegisterTTL"),
+            origin,
+        ) {
+            Some((0, o, f)) => return Err(invalid(&o, f, "must be at least 1 second")),
+            Some((v, _, _)) => *v,
+            None => DEFAULT_REGISTER_TTL_SECS,
+        };
+        let register_interval = match self.register_interval {
+            Some(0) => {
+                return Err(invalid(
+                    origin,
+                    format!("{sec}.RegisterInterval"),
+                    "must be at least 1 second",
+                ))
+            }
+            Some(i) if i >= register_ttl => {
+                return Err(invalid(
+                    origin,
+                    format!("{sec}.RegisterInterval"),
+                    format!(
+                        "{i} s must be shorter than RegisterTTL ({register_ttl} s), or the \
+                         registration expires between refreshes"
+                    ),
+                ))
+            }
+            Some(i) => Some(Duration::from_secs(i)),
+            None => None,
+        };
+        let client_timeout = match self.client_timeout {
+            Some(0) => {
+                return Err(invalid(
+                    origin,
+                    format!("{sec}.ClientTimeOut"),
+                    "must be at least 1 second",
+                ))
+            }
+            Some(t) => t,
+            None => DEFAULT_CLIENT_TIMEOUT_SECS,
+        };
+        let session_ttl = match self.session_ttl {
+            Some(0) => {
+                return Err(invalid(
+                    origin,
+                    format!("{sec}.SessionTTL"),
+                    "must be at least 1 second",
+                ))
+            }
+            Some(t) => t,
+            None => DEFAULT_SESSION_TTL_SECS,
+        };
+        Ok(ServerSettings {
+            id,
+            name,
+            http_listen,
+            grpc_listen,
+            advertise,
+            registry,
+            register_ttl: Duration::from_secs(register_ttl),
+            register_interval,
+            client_timeout: Duration::from_secs(client_timeout),
+            session_ttl: Duration::from_secs(session_ttl),
+        })
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.contains(['/', '|']) || id.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{id:?} must not contain '/', '|' or spaces (it becomes part of a registry key and \
+             of resource assignments)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_advertise(s: &str) -> Result<(), String> {
+    let s = s.trim();
+    if s.is_empty() || s.contains("://") || s.contains('/') || s.contains('|') {
+        return Err(format!("{s:?} must be host:port or host"));
+    }
+    Ok(())
+}
+
+/// Parse a listen address: `:port` (every interface), `host:port`, `[v6]:port`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: invalid port (expected :port or host:port)"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?}: expected :port or host:port"));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?}: resolves to no address"))
+}
+
+/// The address to register for a server bound at `bound`: `explicit` when given (a bare host
+/// gets the bound port), else the bound address with a wildcard IP replaced by 127.0.0.1.
+pub fn advertise_address(bound: SocketAddr, explicit: Option<&str>) -> String {
+    if let Some(e) = explicit.map(str::trim).filter(|e| !e.is_empty()) {
+        let has_port = e.parse::<SocketAddr>().is_ok()
+            || (!e.starts_with('[') && e.matches(':').count() == 1)
+            || (e.starts_with('[') && e.contains("]:"));
+        return if has_port {
+            e.to_string()
+        } else if e.contains(':') && !e.starts_with('[') {
+            format!("[{e}]:{}", bound.port())
+        } else {
+            format!("{e}:{}", bound.port())
+        };
+    }
+    if bound.ip().is_unspecified() {
+        let ip = match bound.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    } else {
+        bound.to_string()
+    }
+}
+
+/// Parse a comma-separated endpoint list; `:port` means `127.0.0.1:port`; `http://` is kept.
+pub fn parse_endpoints(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.starts_with("https://") {
+            return Err(format!("{part:?}: TLS endpoints are not supported"));
+        }
+        let bare = part.strip_prefix("http://").unwrap_or(part);
+        let bare = bare.trim_end_matches('/');
+        let hostport = if let Some(port) = bare.strip_prefix(':') {
+            format!("127.0.0.1:{port}")
+        } else {
+            bare.to_string()
+        };
+        let port_ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok || hostport.contains('/') {
+            return Err(format!("{part:?}: expected host:port"));
+        }
+        out.push(hostport);
+    }
+    if out.is_empty() {
+        return Err("no endpoint given".into());
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Read `path` if given, else the built-in sample when `sample` is set, else defaults.
+    /// Returns the config and its origin (for later errors).
+    pub fn load_or(path: Option<&Path>, sample: bool) -> Result<(Config, String), ConfigError> {
+        match path {
+            Some(p) => Ok((Self::load(p)?, p.display().to_string())),
+            None if sample => Ok((Self::sample()?, SAMPLE_CONFIG_ORIGIN.to_string())),
+            None => Ok((Config::default(), "<defaults>".to_string())),
+        }
+    }
+
+    /// The sample configuration shipped with the binary.
+    pub fn sample() -> Result<Config, ConfigError> {
+        Self::parse(SAMPLE_CONFIG, SAMPLE_CONFIG_ORIGIN)
+    }
+
+    /// Parse and check TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Check values serde cannot: names, limits, durations, log filter.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if let Some(level) = &self.log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                return Err(invalid(origin, "logLevel", format!("{level:?}: {e}")));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            let at = |field: &str| format!("Tasks[{i}].{field}");
+            if t.name.trim().is_empty() {
+                return Err(invalid(origin, at("Name"), "must not be empty"));
+            }
+            if t.name.contains('/') || t.name.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    origin,
+                    at("Name"),
+                    format!(
+                        "{:?} must not contain '/' or spaces (it is the key /resources/<Name>)",
+                        t.name
+                    ),
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    origin,
+                    at("Name"),
+                    format!("duplicate task name {:?}", t.name),
+                ));
+            }
+            if !t.wait_time.is_finite() || t.wait_time < 0.0 {
+                return Err(invalid(
+                    origin,
+                    at("WaitTime"),
+                    "must be a non-negative number of seconds",
+                ));
+            }
+            for (j, u) in t.urls.iter().enumerate() {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.split("://").nth(1).is_some_and(|r| !r.is_empty());
+                if !ok {
+                    return Err(invalid(
+                        origin,
+                        format!("Tasks[{i}].URLs[{j}]"),
+                        format!("{u:?} must be an http:// or https:// URL"),
+                    ));
+                }
+            }
+            for (j, d) in t.allowed_domains.iter().enumerate() {
+                if d.trim().is_empty() || d.contains('/') {
+                    return Err(invalid(
+                        origin,
+                        format!("Tasks[{i}].AllowedDomains[{j}]"),
+                        format!("{d:?} must be a host name"),
+                    ));
+                }
+            }
+            for (j, l) in t.limits.iter().enumerate() {
+                let at = |field: &str| format!("Tasks[{i}].Limits[{j}].{field}");
+                if l.event_count == 0 {
+                    return Err(invalid(origin, at("EventCount"), "must be at least 1"));
+                }
+                if !l.event_dur.is_finite() || l.event_dur <= 0.0 {
+                    return Err(invalid(
+                        origin,
+                        at("EventDur"),
+                        "must be a positive number of seconds",
+                    ));
+                }
+                if l.bucket == Some(0) {
+                    return Err(invalid(origin, at("Bucket"), "must be at least 1"));
+                }
+            }
+        }
+        // Catch section errors at load time, not only when a role resolves them.
+        let none = ServerOverrides::default();
+        self.master_server.resolve(Role::Master, &none, origin)?;
+        self.grpc_server.resolve(Role::Worker, &none, origin)?;
+        Ok(())
+    }
+
+    /// The task named `name`.
+    pub fn task(&self, name: &str) -> Option<&TaskConfig> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_parses() {
+        let cfg = Config::sample().expect("sample config is valid");
+        assert!(cfg.tasks.len() >= 2);
+        assert!(cfg.task("douban_book_list").is_some());
+    }
+
+    #[test]
+    fn go_style_file() {
+        let text = r#"
+logLevel = "debug"
+Tasks = [
+  {Name = "douban_book_list", WaitTime = 2, Reload = true, MaxDepth = 5, Fetcher = "browser",
+   Limits = [{EventCount = 1, EventDur = 2, Bucket = 1}, {EventCount = 20, EventDur = 60}],
+   Cookie = "bid=x"},
+  {Name = "xxx"},
+]
+[GRPCServer]
+HTTPListenAddress = ":8080"
+GRPCListenAddress = ":9090"
+ID = "1"
+RegistryAddress = ":2379"
+RegisterTTL = 60
+RegisterInterval = 15
+ClientTimeOut = 10
+Name = "go.micro.server.worker"
+[MasterServer]
+ID = 2
+"#;
+        let cfg = Config::parse(text, "t.toml").expect("valid");
+        assert_eq!(cfg.tasks[0].limits[1].burst(), 20);
+        assert_eq!(cfg.tasks[0].fetcher, FetcherKind::Browser);
+        let w = cfg
+            .grpc_server
+            .resolve(Role::Worker, &ServerOverrides::default(), "t.toml")
+            .expect("worker");
+        assert_eq!(w.registry, vec!["127.0.0.1:2379".to_string()]);
+        assert_eq!(w.register_ttl, Duration::from_secs(60));
+        assert_eq!(w.node_id(), "go.micro.server.worker-1");
+        let m = cfg
+            .master_server
+            .resolve(Role::Master, &ServerOverrides::default(), "t.toml")
+            .expect("master");
+        assert_eq!(m.numeric_id(), Some(2));
+        assert_eq!(m.http_listen.port(), 8081);
+        assert_eq!(m.session_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let cfg =
+            Config::parse("[GRPCServer]\nID = \"7\"\nRegisterTTL = 30\n", "t.toml").expect("valid");
+        let flags = ServerOverrides {
+            id: Some("9".into()),
+            grpc: Some("127.0.0.1:0".into()),
+            registry: Some("a:1, http://b:2".into()),
+            register_ttl: Some(3),
+            ..ServerOverrides::default()
+        };
+        let w = cfg
+            .grpc_server
+            .resolve(Role::Worker, &flags, "t.toml")
+            .expect("worker");
+        assert_eq!(w.id, "9");
+        assert_eq!(w.grpc_listen, "127.0.0.1:0".parse().expect("addr"));
+        assert_eq!(w.registry, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(w.register_ttl, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = Config::parse("[[Tasks]]\nNmae = \"x\"\n", "my.toml").expect_err("typo");
+        let s = e.to_string();
+        assert!(s.starts_with("my.toml: "), "{s}");
+        assert!(s.contains("Nmae") && s.contains("line 2"), "{s}");
+
+        let e =
+            Config::parse("[GRPCServer]\nRegisterTTL = \"ten\"\n", "my.toml").expect_err("type");
+        assert!(e.to_string().contains("RegisterTTL"), "{e}");
+
+        let e = Config::parse(
+            "[[Tasks]]\nName = \"a\"\nLimits = [{EventCount = 1, EventDur = 0}]\n",
+            "my.toml",
+        )
+        .expect_err("zero window");
+        assert_eq!(
+            e.to_string(),
+            "my.toml: Tasks[0].Limits[0].EventDur: must be a positive number of seconds"
+        );
+
+        let e = Config::parse(
+            "[[Tasks]]\nName = \"a\"\n[[Tasks]]\nName = \"a\"\n",
+            "my.toml",
+        )
+        .expect_err("dup");
+        assert!(e.to_string().contains("Tasks[1].Name"), "{e}");
+
+        let e = Config::parse("[MasterServer]\nID = \"abc\"\n", "my.toml").expect_err("id");
+        assert!(e.to_string().contains("MasterServer.ID"), "{e}");
+
+        let e = Config::load(Path::new("/nonexistent/crawler.toml")).expect_err("missing");
+        assert!(e.to_string().contains("/nonexistent/crawler.toml"), "{e}");
+
+        let flags = ServerOverrides {
+            http: Some("nonsense".into()),
+            ..ServerOverrides::default()
+        };
+        let e = ServerConfig::default()
+            .resolve(Role::Worker, &flags, "x")
+            .expect_err("bad flag");
+        assert!(e.to_string().contains("--http"), "{e}");
+    }
+
+    #[test]
+    fn listen_and_advertise() {
+        let a = parse_listen(":9089").expect("port only");
+        assert!(a.ip().is_unspecified() && a.port() == 9089);
+        assert_eq!(advertise_address(a, None), "127.0.0.1:9089");
+        let b: SocketAddr = "10.1.2.3:7".parse().expect("addr");
+        assert_eq!(advertise_address(b, None), "10.1.2.3:7");
+        assert_eq!(
+            advertise_address(a, Some("192.168.0.107")),
+            "192.168.0.107:9089"
+        );
+        assert_eq!(advertise_address(a, Some("h:1")), "h:1");
+        assert!(parse_listen("9089").is_err());
+        assert!(parse_endpoints(":2379").expect("ok") == vec!["127.0.0.1:2379".to_string()]);
+        assert!(parse_endpoints("https://a:1").is_err());
+        assert!(parse_endpoints(" , ").is_err());
+    }
+}

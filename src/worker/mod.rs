@@ -1,0 +1,919 @@
+//! The crawler worker: registers in the registry, runs exactly the resources assigned to it.
+//!
+//! - **Registration**: service `go.micro.server.worker`, node `go.micro.server.worker-<id>`,
+//!   address = the advertised gRPC address, on a lease of `RegisterTTL` kept alive (and
+//!   re-registered when lost) by [`crate::registry`]. A clean stop deregisters at once; a crash
+//!   leaves the key until the lease expires.
+//! - **Assignments**: a consistent snapshot of `/resources/` (a read-only txn, which reports the
+//!   revision R it read at), then a watch from R+1: no change is missed and none is seen twice.
+//!   A resource whose `AssignedNode` starts with `<node id>|` is started; one deleted, moved to
+//!   another node or recreated with a new ID is stopped. A compacted or ended watch starts over
+//!   from a new snapshot (reconciling against what runs).
+//! - **Running**: through a [`TaskRunner`] (the crawl engine; [`LoggingRunner`] until then).
+//! - **Registration lost**: a guard checks the registration lease every third of the TTL. When
+//!   the lease is gone, was replaced by a re-registration, or could not be confirmed for a whole
+//!   TTL (store unreachable), the master has reassigned (or will reassign) this worker's
+//!   resources: every run stops, and runs start again from a fresh snapshot once a lease is
+//!   confirmed alive. A partitioned worker therefore does not go on crawling what another
+//!   worker now owns.
+//! - **APIs**: HTTP `GET /tasks` and `GET /health` ([`http`]); gRPC `grpc.health.v1.Health` on the
+//!   registered address (service `""` and `crawler.Worker`, the latter serving once the first
+//!   snapshot is loaded).
+
+pub mod http;
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use runner::{
+    is_assigned_to, LoggedRun, LoggingRunner, Resource, RunnerError, TaskHandle, TaskReport,
+    TaskRunner, TaskSpec, TaskState,
+};
+
+use crate::config::{self, ServerSettings, TaskConfig};
+use crate::kv_client::{
+    prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
+    TxnRequest, WatchSpec,
+};
+use crate::registry::{Node, RegisterOptions, Registration, Registry, RegistryError, Service};
+
+/// Key prefix of resources (the master's).
+pub use crate::master::RESOURCE_PREFIX;
+/// Name of the worker in its gRPC health service.
+pub const HEALTH_SERVICE: &str = "crawler.Worker";
+/// How long a stop lets open HTTP/gRPC connections finish.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(2);
+/// Longest pause between attempts to reach the store.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Everything a worker needs to start.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Worker id (`--id`); the node id is `<service>-<id>`.
+    pub id: String,
+    /// Service name, `go.micro.server.worker`.
+    pub service: String,
+    /// HTTP API listen address (port 0 allowed).
+    pub http_listen: SocketAddr,
+    /// gRPC listen address (port 0 allowed).
+    pub grpc_listen: SocketAddr,
+    /// Advertised gRPC address (`host:port` or `host`); default derived from the bound address.
+    pub advertise: Option<String>,
+    /// Registration lease TTL.
+    pub register_ttl: Duration,
+    /// Registration refresh interval (`None` = a third of the TTL).
+    pub register_interval: Option<Duration>,
+    /// Tasks by name (what to run for a resource).
+    pub tasks: Vec<TaskConfig>,
+    /// Resource key prefix (ends with `/`).
+    pub resource_prefix: String,
+}
+
+impl WorkerOptions {
+    /// Options from a resolved `[GRPCServer]` section and the config's tasks.
+    pub fn from_settings(s: &ServerSettings, tasks: Vec<TaskConfig>) -> Self {
+        Self {
+            id: s.id.clone(),
+            service: s.name.clone(),
+            http_listen: s.http_listen,
+            grpc_listen: s.grpc_listen,
+            advertise: s.advertise.clone(),
+            register_ttl: s.register_ttl,
+            register_interval: s.register_interval,
+            tasks,
+            resource_prefix: RESOURCE_PREFIX.to_string(),
+        }
+    }
+
+    /// Options for a worker `id` on 127.0.0.1 with OS-chosen ports (tests, dev mode).
+    pub fn local(id: impl Into<String>, tasks: Vec<TaskConfig>) -> Self {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            id: id.into(),
+            service: config::WORKER_SERVICE.to_string(),
+            http_listen: any,
+            grpc_listen: any,
+            advertise: None,
+            register_ttl: Duration::from_secs(config::DEFAULT_REGISTER_TTL_SECS),
+            register_interval: None,
+            tasks,
+            resource_prefix: RESOURCE_PREFIX.to_string(),
+        }
+    }
+
+    /// Registry node id: `<service>-<id>`.
+    pub fn node_id(&self) -> String {
+        format!("{}-{}", self.service, self.id)
+    }
+}
+
+/// Why a worker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// `HTTP` or `gRPC`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The options are unusable.
+    #[error("invalid worker options: {0}")]
+    Options(String),
+    /// Registering failed for a reason retrying would not fix.
+    #[error("cannot register in the registry: {0}")]
+    Register(#[source] RegistryError),
+    /// Deregistering on stop failed (the key then expires with its lease).
+    #[error("cannot deregister (the registration expires with its lease): {0}")]
+    Deregister(#[source] RegistryError),
+}
+
+/// One row of `GET /tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskView {
+    /// Task (resource) name.
+    pub name: String,
+    /// Resource id.
+    pub resource_id: String,
+    /// `AssignedNode` of the resource.
+    pub assigned_node: String,
+    /// Resource creation time, unix nanoseconds.
+    pub creation_time: i64,
+    /// When this worker started the run, RFC 3339 UTC.
+    pub started: String,
+    /// Same, unix milliseconds.
+    pub started_unix_ms: u64,
+    /// `running`, `finished` or `failed`.
+    pub status: TaskState,
+    /// Detail (error of a failed run, what the runner does).
+    pub detail: Option<String>,
+    /// Runner counters.
+    pub stats: serde_json::Value,
+}
+
+/// A resource this worker is responsible for.
+struct Entry {
+    resource: Resource,
+    started: SystemTime,
+    /// `None` when the run could not start (`error` says why).
+    handle: Option<Box<dyn TaskHandle>>,
+    error: Option<String>,
+}
+
+impl Entry {
+    fn view(&self) -> TaskView {
+        let (status, detail, stats) = match &self.handle {
+            Some(h) => {
+                let r = h.report();
+                (r.state, r.detail, r.stats)
+            }
+            None => (
+                TaskState::Failed,
+                self.error.clone(),
+                serde_json::Value::Null,
+            ),
+        };
+        let ms = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        TaskView {
+            name: self.resource.name.clone(),
+            resource_id: self.resource.id.clone(),
+            assigned_node: self.resource.assigned_node.clone(),
+            creation_time: self.resource.creation_time,
+            started: http::rfc3339(self.started),
+            started_unix_ms: ms,
+            status,
+            detail,
+            stats,
+        }
+    }
+}
+
+/// State shared by the worker handle, its assignment loop and its HTTP API.
+pub(crate) struct Shared {
+    node_id: String,
+    advertise: String,
+    /// Runs by resource key suffix (`/resources/<key>`).
+    table: Mutex<BTreeMap<String, Entry>>,
+    /// Highest store revision whose resource changes have been applied (0 before the first
+    /// snapshot).
+    synced_revision: AtomicI64,
+}
+
+impl Shared {
+    fn views(&self) -> Vec<TaskView> {
+        self.table.lock().values().map(Entry::view).collect()
+    }
+}
+
+/// A running worker. Call [`Worker::shutdown`] to stop it cleanly (stop runs, deregister).
+pub struct Worker {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    assignments: Option<JoinHandle<()>>,
+    guard: Option<JoinHandle<()>>,
+    registration: Option<Arc<Registration>>,
+    health: tonic_health::server::HealthReporter,
+    http_stop: Option<oneshot::Sender<()>>,
+    http_task: JoinHandle<()>,
+    grpc_stop: Option<oneshot::Sender<()>>,
+    grpc_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("node_id", &self.shared.node_id)
+            .field("advertise", &self.shared.advertise)
+            .field("http", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Bind the APIs, register, and start following assignments. Waits (retrying) while the
+    /// store is unreachable; fails on a taken port or a non-retryable store error.
+    pub async fn start(
+        opts: WorkerOptions,
+        client: Arc<dyn KvClient>,
+        runner: Arc<dyn TaskRunner>,
+    ) -> Result<Worker, WorkerError> {
+        if opts.id.is_empty() || opts.id.contains(['/', '|']) {
+            return Err(WorkerError::Options(format!(
+                "id {:?} must be non-empty without '/' or '|'",
+                opts.id
+            )));
+        }
+        if !opts.resource_prefix.ends_with('/') {
+            return Err(WorkerError::Options(format!(
+                "resource prefix {:?} must end with '/'",
+                opts.resource_prefix
+            )));
+        }
+        let grpc_listener = tokio::net::TcpListener::bind(opts.grpc_listen)
+            .await
+            .map_err(|source| WorkerError::Bind {
+                what: "gRPC",
+                addr: opts.grpc_listen,
+                source,
+            })?;
+        let http_listener = tokio::net::TcpListener::bind(opts.http_listen)
+            .await
+            .map_err(|source| WorkerError::Bind {
+                what: "HTTP",
+                addr: opts.http_listen,
+                source,
+            })?;
+        let local = |l: &tokio::net::TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| WorkerError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc_listener, "gRPC", opts.grpc_listen)?;
+        let http_addr = local(&http_listener, "HTTP", opts.http_listen)?;
+        let advertise = config::advertise_address(grpc_addr, opts.advertise.as_deref());
+        let node_id = opts.node_id();
+
+        let shared = Arc::new(Shared {
+            node_id: node_id.clone(),
+            advertise: advertise.clone(),
+            table: Mutex::new(BTreeMap::new()),
+            synced_revision: AtomicI64::new(0),
+        });
+
+        // gRPC health first: the address is registered, so it must answer.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        let (grpc_stop, grpc_stop_rx) = oneshot::channel::<()>();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let grpc_task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = grpc_stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "worker gRPC server ended with an error");
+            }
+        });
+
+        let (http_stop, http_stop_rx) = oneshot::channel::<()>();
+        let router = http::router(shared.clone());
+        let http_task = tokio::spawn(async move {
+            let served = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = http_stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "worker HTTP server ended with an error");
+            }
+        });
+
+        let mut worker = Worker {
+            shared: shared.clone(),
+            http_addr,
+            grpc_addr,
+            stop: watch::channel(false).0,
+            assignments: None,
+            guard: None,
+            registration: None,
+            health: health.clone(),
+            http_stop: Some(http_stop),
+            http_task,
+            grpc_stop: Some(grpc_stop),
+            grpc_task,
+        };
+
+        let mut metadata = BTreeMap::new();
+        // What go-micro puts on a node; tools reading the registry expect these keys.
+        for (k, v) in [
+            ("broker", "http"),
+            ("protocol", "grpc"),
+            ("registry", "etcd"),
+            ("server", "grpc"),
+            ("transport", "grpc"),
+        ] {
+            metadata.insert(k.to_string(), v.to_string());
+        }
+        let service = Service::with_node(
+            opts.service.clone(),
+            Node {
+                id: node_id.clone(),
+                address: advertise.clone(),
+                metadata,
+            },
+        );
+        let reg_opts = RegisterOptions {
+            ttl: opts.register_ttl,
+            interval: opts.register_interval,
+        };
+        let registry = Registry::new(client.clone());
+        let mut backoff = Duration::from_millis(100);
+        let registration = loop {
+            match registry.register(&service, reg_opts).await {
+                Ok(r) => break r,
+                Err(RegistryError::Kv(e)) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "store unreachable, retrying registration");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    worker.stop_servers().await;
+                    return Err(WorkerError::Register(e));
+                }
+            }
+        };
+        let registration = Arc::new(registration);
+        worker.registration = Some(registration.clone());
+        tracing::info!(node = %node_id, address = %advertise, ttl = ?opts.register_ttl, "worker registered");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        worker.stop = stop_tx;
+        // The registration lease was just granted: alive, no loss yet.
+        let (registered_tx, registered_rx) = watch::channel(RegState {
+            losses: 0,
+            alive: true,
+        });
+        worker.guard = Some(tokio::spawn(guard_registration(
+            client.clone(),
+            registration,
+            opts.register_ttl,
+            registered_tx,
+            stop_rx.clone(),
+        )));
+        let tasks: HashMap<String, TaskConfig> = opts
+            .tasks
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        let assigner = Assigner {
+            client,
+            prefix: opts.resource_prefix.clone(),
+            tasks,
+            runner,
+            shared,
+            health,
+        };
+        worker.assignments = Some(tokio::spawn(assigner.run(stop_rx, registered_rx)));
+        Ok(worker)
+    }
+
+    /// Registry node id, `go.micro.server.worker-<id>`.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The registered (advertised) gRPC address.
+    pub fn advertise_address(&self) -> &str {
+        &self.shared.advertise
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the gRPC server listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The runs this worker is responsible for, as `GET /tasks` lists them.
+    pub fn tasks(&self) -> Vec<TaskView> {
+        self.shared.views()
+    }
+
+    /// Highest store revision whose resource changes this worker has acted on (0 before its
+    /// first snapshot).
+    pub fn synced_revision(&self) -> i64 {
+        self.shared.synced_revision.load(Ordering::Acquire)
+    }
+
+    /// The registration lease (for tests and diagnostics).
+    pub async fn lease_id(&self) -> Option<i64> {
+        match &self.registration {
+            Some(r) => Some(r.lease_id().await),
+            None => None,
+        }
+    }
+
+    /// Stop every run, deregister at once, and stop the APIs.
+    pub async fn shutdown(mut self) -> Result<(), WorkerError> {
+        // Runs stop before the registration goes, so a master reassigning on the deregistration
+        // never overlaps with our own run of the same resource.
+        let _ = self.stop.send(true);
+        if let Some(a) = self.assignments.take() {
+            if let Err(e) = a.await {
+                tracing::warn!(error = %e, "worker assignment task failed");
+            }
+        }
+        if let Some(g) = self.guard.take() {
+            let _ = g.await;
+        }
+        let result = match self.registration.take().map(Arc::try_unwrap) {
+            Some(Ok(r)) => r.deregister().await.map_err(WorkerError::Deregister),
+            Some(Err(_)) => {
+                // Unreachable once the guard has ended; the key then expires with its lease.
+                tracing::warn!("registration still shared at shutdown; leaving it to expire");
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        match &result {
+            Ok(()) => tracing::info!(node = %self.shared.node_id, "worker deregistered"),
+            Err(e) => tracing::warn!(error = %e, "worker deregistration failed"),
+        }
+        self.stop_servers().await;
+        result
+    }
+
+    async fn stop_servers(&mut self) {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        if let Some(s) = self.http_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(s) = self.grpc_stop.take() {
+            let _ = s.send(());
+        }
+        for task in [&mut self.http_task, &mut self.grpc_task] {
+            if tokio::time::timeout(GRACEFUL_SHUTDOWN, &mut *task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: stop everything we spawned; the registration's lease
+        // expires on its own (as after a crash).
+        let _ = self.stop.send(true);
+        if let Some(a) = self.assignments.take() {
+            a.abort();
+        }
+        if let Some(g) = self.guard.take() {
+            g.abort();
+        }
+        self.http_task.abort();
+        self.grpc_task.abort();
+    }
+}
+
+/// What the registration guard knows about the registration lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RegState {
+    /// How many times the lease was found lost (gone, replaced by a re-registration, or
+    /// unconfirmed for a whole TTL).
+    losses: u64,
+    /// The current lease is confirmed alive.
+    alive: bool,
+}
+
+/// Watches over the registration lease. A loss (the lease gone or unconfirmed for a whole TTL, or
+/// replaced because the registry had to re-register) means the worker's key was deleted or is
+/// about to be: the master reassigns its resources on that, so running them on would duplicate
+/// work. The assignment loop stops every run on a loss and starts again from a fresh snapshot
+/// once a lease is confirmed alive.
+async fn guard_registration(
+    client: Arc<dyn KvClient>,
+    registration: Arc<Registration>,
+    ttl: Duration,
+    state: watch::Sender<RegState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    let mut known = registration.lease_id().await;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let lease = registration.lease_id().await;
+        if lease != known {
+            tracing::warn!(
+                old = known,
+                new = lease,
+                "worker: registered again on a new lease; restarting runs"
+            );
+            known = lease;
+            state.send_modify(|s| s.losses += 1);
+        }
+        let alive =
+            match tokio::time::timeout(period, client.lease_time_to_live(lease, false)).await {
+                Ok(Ok(r)) => Some(r.body.ttl > 0),
+                Ok(Err(_)) | Err(_) => None,
+            };
+        let why = match alive {
+            Some(true) => {
+                last_ok = tokio::time::Instant::now();
+                if state.send_if_modified(|s| !std::mem::replace(&mut s.alive, true)) {
+                    tracing::info!(lease, "worker: registration confirmed again");
+                }
+                continue;
+            }
+            Some(false) => "registration lease no longer exists",
+            None if last_ok.elapsed() >= ttl => "registration lease not confirmed for a whole TTL",
+            None => continue,
+        };
+        let newly_lost = state.send_if_modified(|s| {
+            let was = std::mem::replace(&mut s.alive, false);
+            if was {
+                s.losses += 1;
+            }
+            was
+        });
+        if newly_lost {
+            tracing::warn!(
+                lease,
+                reason = why,
+                "worker: stopping every run until registered again"
+            );
+        }
+    }
+}
+
+/// Resolves once a loss newer than `seen` happened or the lease is not alive (never, if the
+/// guard is gone).
+async fn registration_lost(rx: &mut watch::Receiver<RegState>, seen: u64) {
+    // The borrow guard is not `Send`: keep it inside this function.
+    if rx.wait_for(|s| !s.alive || s.losses > seen).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves once the lease is confirmed alive (never, if the guard is gone).
+async fn registration_alive(rx: &mut watch::Receiver<RegState>) {
+    if rx.wait_for(|s| s.alive).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Follows `/resources/` and keeps the runs in line with the assignments.
+struct Assigner {
+    client: Arc<dyn KvClient>,
+    prefix: String,
+    tasks: HashMap<String, TaskConfig>,
+    runner: Arc<dyn TaskRunner>,
+    shared: Arc<Shared>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Why a watch session ended.
+enum SessionEnd {
+    Stopped,
+    Restart,
+}
+
+impl Assigner {
+    async fn run(self, mut stop: watch::Receiver<bool>, mut registered: watch::Receiver<RegState>) {
+        let mut backoff = Duration::from_millis(100);
+        // Losses already acted on.
+        let mut seen = 0;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            match self.session(&mut stop, &mut registered, &mut seen).await {
+                Ok(SessionEnd::Stopped) => break,
+                Ok(SessionEnd::Restart) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker: reading assignments failed, retrying");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = registration_lost(&mut registered, seen) => self.on_registration_lost().await,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        self.stop_all("worker stopping").await;
+    }
+
+    /// Our registration lease is gone or presumed gone: the master has reassigned (or will) our
+    /// resources, so running them on would duplicate work. Everything stops; the next session
+    /// waits until the registry has re-registered, then starts what is still ours.
+    async fn on_registration_lost(&self) {
+        self.health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        self.stop_all("registration lease lost").await;
+    }
+
+    /// One snapshot + watch session; `Restart` when the watch ended and a new snapshot is needed.
+    async fn session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        registered: &mut watch::Receiver<RegState>,
+        seen: &mut u64,
+    ) -> Result<SessionEnd, KvError> {
+        let state = *registered.borrow_and_update();
+        if !state.alive || state.losses > *seen {
+            self.on_registration_lost().await;
+            tokio::select! {
+                _ = stop.changed() => return Ok(SessionEnd::Stopped),
+                _ = registration_alive(registered) => {}
+            }
+        }
+        *seen = registered.borrow().losses;
+        let seen = *seen;
+        let (revision, kvs) = tokio::select! {
+            _ = stop.changed() => return Ok(SessionEnd::Stopped),
+            _ = registration_lost(registered, seen) => {
+                self.on_registration_lost().await;
+                return Ok(SessionEnd::Restart);
+            }
+            snap = self.snapshot() => snap?,
+        };
+        self.reconcile(kvs).await;
+        self.shared
+            .synced_revision
+            .fetch_max(revision, Ordering::AcqRel);
+        self.health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
+        tracing::info!(
+            revision,
+            running = self.shared.table.lock().len(),
+            "worker: assignments loaded"
+        );
+
+        let spec = WatchSpec::prefix(self.prefix.clone()).from_revision(revision + 1);
+        let mut stream = self.client.watch(spec).await?;
+        loop {
+            let item = tokio::select! {
+                _ = stop.changed() => return Ok(SessionEnd::Stopped),
+                _ = registration_lost(registered, seen) => {
+                self.on_registration_lost().await;
+                return Ok(SessionEnd::Restart);
+            }
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(batch)) => {
+                    for ev in &batch.events {
+                        let Some(name) = self.key_name(&ev.kv.key) else {
+                            continue;
+                        };
+                        match ev.kind {
+                            EventType::Put => self.on_put(name, &ev.kv).await,
+                            EventType::Delete => self.stop_one(&name, "resource deleted").await,
+                        }
+                    }
+                    let rev = batch
+                        .events
+                        .last()
+                        .map_or(batch.revision, |e| e.kv.mod_revision);
+                    self.shared.synced_revision.fetch_max(rev, Ordering::AcqRel);
+                }
+                Some(Err(KvError::Compacted { compact_revision })) => {
+                    tracing::warn!(
+                        compact_revision,
+                        "worker: watch fell behind a compaction; reloading assignments"
+                    );
+                    return Ok(SessionEnd::Restart);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "worker: resource watch ended; reloading assignments");
+                    return Ok(SessionEnd::Restart);
+                }
+                None => {
+                    tracing::warn!("worker: resource watch closed; reloading assignments");
+                    return Ok(SessionEnd::Restart);
+                }
+            }
+        }
+    }
+
+    /// Every resource and the revision they were read at, in one consistent read.
+    async fn snapshot(&self) -> Result<(i64, Vec<KeyValue>), KvError> {
+        let prefix = self.prefix.as_bytes().to_vec();
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![RequestOp::Range(RangeRequest {
+                range_end: prefix_range_end(&prefix),
+                key: prefix,
+                ..RangeRequest::default()
+            })],
+            failure: Vec::new(),
+        };
+        let reply = self.client.txn(txn).await?;
+        let kvs = match reply.body.responses.into_iter().next() {
+            Some(ResponseOp::Range(r)) => r.kvs,
+            _ => Vec::new(),
+        };
+        Ok((reply.revision, kvs))
+    }
+
+    /// `/resources/<name>` → `<name>`.
+    fn key_name(&self, key: &[u8]) -> Option<String> {
+        let name = key.strip_prefix(self.prefix.as_bytes())?;
+        if name.is_empty() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
+    fn decode(&self, name: &str, kv: &KeyValue) -> Option<Resource> {
+        match serde_json::from_slice::<Resource>(&kv.value) {
+            Ok(mut r) => {
+                if r.name.is_empty() {
+                    r.name = name.to_string();
+                }
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "worker: undecodable resource");
+                None
+            }
+        }
+    }
+
+    /// Bring the runs in line with a full list of resources.
+    async fn reconcile(&self, kvs: Vec<KeyValue>) {
+        let mut mine: BTreeMap<String, Resource> = BTreeMap::new();
+        for kv in &kvs {
+            let Some(name) = self.key_name(&kv.key) else {
+                continue;
+            };
+            if let Some(r) = self.decode(&name, kv) {
+                if is_assigned_to(&r, &self.shared.node_id) {
+                    mine.insert(name, r);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .shared
+            .table
+            .lock()
+            .keys()
+            .filter(|k| !mine.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.stop_one(&name, "no longer assigned here").await;
+        }
+        for (name, r) in mine {
+            self.ensure_running(name, r).await;
+        }
+    }
+
+    async fn on_put(&self, name: String, kv: &KeyValue) {
+        match self.decode(&name, kv) {
+            Some(r) if is_assigned_to(&r, &self.shared.node_id) => {
+                self.ensure_running(name, r).await
+            }
+            Some(r) if r.assigned_node.is_empty() => self.stop_one(&name, "unassigned").await,
+            Some(_) => self.stop_one(&name, "moved to another worker").await,
+            None => self.stop_one(&name, "resource value unreadable").await,
+        }
+    }
+
+    async fn ensure_running(&self, name: String, r: Resource) {
+        let current = self
+            .shared
+            .table
+            .lock()
+            .get(&name)
+            .map(|e| e.resource.id.clone());
+        match current {
+            Some(id) if id == r.id => {
+                // Same run; keep the latest value (the address part may have changed).
+                if let Some(e) = self.shared.table.lock().get_mut(&name) {
+                    e.resource = r;
+                }
+                return;
+            }
+            Some(_) => {
+                self.stop_one(&name, "resource recreated with a new ID")
+                    .await
+            }
+            None => {}
+        }
+        let started = SystemTime::now();
+        let entry = match self.tasks.get(&r.name) {
+            None => {
+                let msg = format!("no task named {:?} in this worker's configuration", r.name);
+                tracing::error!(resource = %r.id, "{msg}");
+                Entry {
+                    resource: r,
+                    started,
+                    handle: None,
+                    error: Some(msg),
+                }
+            }
+            Some(task) => {
+                let spec = TaskSpec {
+                    resource: r.clone(),
+                    task: task.clone(),
+                };
+                match self.runner.start(spec).await {
+                    Ok(h) => Entry {
+                        resource: r,
+                        started,
+                        handle: Some(h),
+                        error: None,
+                    },
+                    Err(e) => {
+                        tracing::error!(task = %r.name, resource = %r.id, error = %e, "task failed to start");
+                        Entry {
+                            resource: r,
+                            started,
+                            handle: None,
+                            error: Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, "worker: resource assigned here");
+        self.shared.table.lock().insert(name, entry);
+    }
+
+    async fn stop_one(&self, name: &str, why: &str) {
+        let entry = self.shared.table.lock().remove(name);
+        if let Some(e) = entry {
+            tracing::info!(task = %e.resource.name, resource = %e.resource.id, reason = why, "worker: stopping task");
+            if let Some(h) = e.handle {
+                h.stop().await;
+            }
+        }
+    }
+
+    async fn stop_all(&self, why: &str) {
+        let names: Vec<String> = self.shared.table.lock().keys().cloned().collect();
+        for name in names {
+            self.stop_one(&name, why).await;
+        }
+    }
+}
