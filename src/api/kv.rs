@@ -39,15 +39,15 @@ impl Kv for KvService {
         check_range(&r)?;
         let req = convert::range_from_proto(r)?;
         self.ctx.read_guard(req.serializable).await?;
-        let resp = self
+        let (revision, resp) = self
             .ctx
             .raft
             .store()
-            .range(&req)
+            .range_with_revision(&req)
             .map_err(|e| error::status_from_apply(&e))?;
         Ok(Response::new(convert::range_resp_to_proto(
             resp,
-            self.ctx.header(),
+            self.ctx.header_with_revision(revision),
         )))
     }
 

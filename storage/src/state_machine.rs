@@ -190,13 +190,22 @@ impl StoreReader {
     /// Like etcd, a revision equal to the compaction point is still readable; below it fails with
     /// `Compacted`, above the current revision with `FutureRevision`.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        self.range_with_revision(req).map(|(_, resp)| resp)
+    }
+    /// Like `range`, also returning the store's current revision at the moment of the read (the
+    /// header revision etcd answers with, consistent with the data returned).
+    pub fn range_with_revision(
+        &self,
+        req: &RangeRequest,
+    ) -> Result<(i64, RangeResponse), ApplyError> {
         let st = self.shared.state.read();
         let view = View {
             st: &st,
             tree: &self.shared.tree,
             cur: st.current,
         };
-        view.range(req).map_err(read_fault)
+        let resp = view.range(req).map_err(read_fault)?;
+        Ok((st.current, resp))
     }
     /// Evaluate a txn that has no write (`req.is_read_only()`); returns the revision it read at.
     ///
