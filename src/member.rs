@@ -65,10 +65,8 @@ impl Member {
             .context("client listener has no local address")?;
 
         let hub = WatchHub::new();
-        let lease_timing = LessorConfig::from_timing(
-            cfg.node.heartbeat_interval_ms,
-            cfg.node.election_timeout_ms,
-        );
+        let lease_timing =
+            LessorConfig::from_timing(cfg.node.heartbeat_interval_ms, cfg.node.election_timeout_ms);
         let raft = RaftNode::start(cfg.node, hub.clone())
             .await
             .context("cannot start raft")?;
