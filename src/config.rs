@@ -100,6 +100,10 @@ pub struct Config {
     /// Crawl tasks: the master's seeds, and what a worker runs for a resource of that name.
     #[serde(rename = "Tasks", default)]
     pub tasks: Vec<TaskConfig>,
+    /// Directory a worker writes crawl results to (`<DataDir>/<task>.jsonl`); default
+    /// `crawler-data` (`crawler dev`: `<its data dir>/results`).
+    #[serde(rename = "DataDir", default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
     /// Settings of `crawler master`.
     #[serde(rename = "MasterServer", default)]
     pub master_server: ServerConfig,
@@ -180,6 +184,177 @@ pub struct TaskConfig {
     /// `User-Agent` header (default: the fetcher's).
     #[serde(rename = "UserAgent", default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// What to follow and what to extract, per depth or by name (`[[Tasks.Rules]]`). No rules:
+    /// follow every link, extract nothing.
+    #[serde(rename = "Rules", default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    /// Honour robots.txt (default true).
+    #[serde(rename = "Robots", default = "default_true")]
+    pub robots: bool,
+    /// HTTP(S) proxies used in turn, e.g. `http://127.0.0.1:3128` (none: direct).
+    #[serde(rename = "Proxies", default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<String>,
+    /// Timeout of one request, seconds (default 30).
+    #[serde(rename = "Timeout", default = "default_timeout")]
+    pub timeout: f64,
+    /// Retries of a request after a transient failure (timeout, connection error, 5xx, 429),
+    /// with exponential backoff (default 2).
+    #[serde(rename = "Retries", default = "default_retries")]
+    pub retries: u32,
+    /// Stop after this many pages (0 = no bound).
+    #[serde(rename = "MaxPages", default)]
+    pub max_pages: u64,
+    /// Checkpoint the frontier to the store after this many pages (default 20)...
+    #[serde(rename = "CheckpointPages", default = "default_checkpoint_pages")]
+    pub checkpoint_pages: u32,
+    /// ...or this many seconds since the last checkpoint, whichever comes first (default 10).
+    #[serde(rename = "CheckpointInterval", default = "default_checkpoint_interval")]
+    pub checkpoint_interval: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Request timeout when a task sets none, seconds.
+pub const DEFAULT_TASK_TIMEOUT_SECS: f64 = 30.0;
+/// Retries when a task sets none.
+pub const DEFAULT_TASK_RETRIES: u32 = 2;
+/// Pages between checkpoints when a task sets none.
+pub const DEFAULT_CHECKPOINT_PAGES: u32 = 20;
+/// Seconds between checkpoints when a task sets none.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: f64 = 10.0;
+
+fn default_timeout() -> f64 {
+    DEFAULT_TASK_TIMEOUT_SECS
+}
+
+fn default_retries() -> u32 {
+    DEFAULT_TASK_RETRIES
+}
+
+fn default_checkpoint_pages() -> u32 {
+    DEFAULT_CHECKPOINT_PAGES
+}
+
+fn default_checkpoint_interval() -> f64 {
+    DEFAULT_CHECKPOINT_INTERVAL_SECS
+}
+
+/// One crawl rule (`[[Tasks.Rules]]`): applies to the pages a link names it for (`Rule` of a
+/// `Follow`), else to pages at its `Depth`, else (no `Depth`) to pages no other rule takes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Name other rules' `Follow` entries refer to.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Link depth of the pages this rule applies to (seeds are depth 0).
+    #[serde(rename = "Depth", default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Links to follow: CSS selectors (a string, or a table with `Selector`, `Attr`, `Rule`).
+    #[serde(rename = "Follow", default, skip_serializing_if = "Vec::is_empty")]
+    pub follow: Vec<FollowConfig>,
+    /// Items to extract.
+    #[serde(rename = "Items", default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemConfig>,
+}
+
+/// Links to follow: elements matching `Selector`, URL from `Attr` (default `href`), fetched
+/// with the rule named `Rule` (default: the rule of their depth).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FollowConfig {
+    /// CSS selector of the link elements.
+    #[serde(rename = "Selector")]
+    pub selector: String,
+    /// Attribute holding the URL (default `href`).
+    #[serde(rename = "Attr", default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    /// Rule the linked pages are processed with.
+    #[serde(rename = "Rule", default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// The table form of [`FollowConfig`], strict about its field names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FollowTable {
+    #[serde(rename = "Selector")]
+    selector: String,
+    #[serde(rename = "Attr", default)]
+    attr: Option<String>,
+    #[serde(rename = "Rule", default)]
+    rule: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for FollowConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A bare selector string, or a table: hand-written rather than `untagged` so that a
+        // typo in a table is reported by name instead of "did not match any variant".
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FollowConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a CSS selector string or a table { Selector, Attr, Rule }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FollowConfig, E> {
+                Ok(FollowConfig {
+                    selector: v.to_string(),
+                    attr: None,
+                    rule: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FollowConfig, A::Error> {
+                let t =
+                    FollowTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(FollowConfig {
+                    selector: t.selector,
+                    attr: t.attr,
+                    rule: t.rule,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Items to extract from a page: one per element matching `Selector` (none: the page is one
+/// item), each with its `Fields`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemConfig {
+    /// Item kind, written with each item.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// CSS selector of the item elements (none: the whole page).
+    #[serde(rename = "Selector", default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The fields.
+    #[serde(rename = "Fields", default)]
+    pub fields: Vec<FieldConfig>,
+}
+
+/// One field of an item: the text (or `Attr`) of the first element matching `Selector` inside
+/// the item (none: the item element itself), narrowed by `Regex` (its first group when it has
+/// one). `href`/`src` attributes are made absolute.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    /// Field name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// CSS selector inside the item.
+    #[serde(rename = "Selector", default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Attribute to take instead of the text.
+    #[serde(rename = "Attr", default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    /// Regular expression applied to the value.
+    #[serde(rename = "Regex", default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
 }
 
 impl TaskConfig {
@@ -196,6 +371,14 @@ impl TaskConfig {
             limits: Vec::new(),
             cookie: String::new(),
             user_agent: None,
+            rules: Vec::new(),
+            robots: true,
+            proxies: Vec::new(),
+            timeout: DEFAULT_TASK_TIMEOUT_SECS,
+            retries: DEFAULT_TASK_RETRIES,
+            max_pages: 0,
+            checkpoint_pages: DEFAULT_CHECKPOINT_PAGES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL_SECS,
         }
     }
 
@@ -714,6 +897,43 @@ impl Config {
                 if l.bucket == Some(0) {
                     return Err(invalid(origin, at("Bucket"), "must be at least 1"));
                 }
+            }
+            // Crawl settings: checked here so a bad selector stops the process at startup.
+            if t.reload && t.max_depth == 0 {
+                return Err(invalid(
+                    origin,
+                    at("Reload"),
+                    "needs MaxDepth > 0 (without dedup a link cycle would never end)",
+                ));
+            }
+            if !t.timeout.is_finite() || t.timeout <= 0.0 {
+                return Err(invalid(
+                    origin,
+                    at("Timeout"),
+                    "must be a positive number of seconds",
+                ));
+            }
+            if !t.checkpoint_interval.is_finite() || t.checkpoint_interval <= 0.0 {
+                return Err(invalid(
+                    origin,
+                    at("CheckpointInterval"),
+                    "must be a positive number of seconds",
+                ));
+            }
+            if t.checkpoint_pages == 0 {
+                return Err(invalid(origin, at("CheckpointPages"), "must be at least 1"));
+            }
+            for (j, p) in t.proxies.iter().enumerate() {
+                if let Err(m) = crate::crawl::fetch::check_proxy(p) {
+                    return Err(invalid(origin, format!("Tasks[{i}].Proxies[{j}]"), m));
+                }
+            }
+            if let Err(e) = crate::crawl::rules::Rules::compile(t) {
+                return Err(invalid(
+                    origin,
+                    format!("Tasks[{i}].{}", e.field),
+                    e.message,
+                ));
             }
         }
         // Catch section errors at load time, not only when a role resolves them.

@@ -6,7 +6,9 @@
 //! sample by default) as seeds. What it leaves in the store is what the seed lesson shows:
 //! `/micro/registry/go.micro.server.worker/go.micro.server.worker-1`, `/resources/<name>`
 //! assigned to `go.micro.server.worker-1|127.0.0.1:9089`, and the election key under
-//! `/crawler/election/`.
+//! `/crawler/election/`. It also serves a small demo site on 127.0.0.1 (`crate::crawl::demo_site`)
+//! which the sample task `demo_books` crawls, so items appear under `<data dir>/results/` with no
+//! network.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -17,11 +19,12 @@ use anyhow::bail;
 
 use crate::cli::{DevArgs, MasterArgs, StoreArgs, WorkerArgs};
 use crate::config::{self, Config, Role, ServerOverrides, ServerSettings};
+use crate::crawl::{demo_site, CrawlOptions, CrawlRunner};
 use crate::kv_client::local::LocalClient;
 use crate::kv_client::{KvClient, RemoteConfig, RemoteKvClient};
 use crate::master::{Master, MasterConfig};
 use crate::member::Member;
-use crate::worker::{LoggingRunner, Worker, WorkerOptions};
+use crate::worker::{Worker, WorkerOptions};
 
 /// Data directory of `crawler dev` when `--data-dir` is not given.
 pub const DEV_DATA_DIR: &str = "crawler-dev.data";
@@ -197,19 +200,26 @@ pub async fn run_worker(args: WorkerArgs, cfg: Config) -> anyhow::Result<()> {
     }
     let client = remote_client(&settings.registry, settings.client_timeout)?;
     let opts = WorkerOptions::from_settings(&settings, cfg.tasks.clone());
-    let runner = Arc::new(LoggingRunner::default());
+    let data_dir = cfg
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| crate::crawl::DEFAULT_DATA_DIR.to_string());
+    let mut crawl = CrawlOptions::new(&data_dir);
+    crawl.writer = settings.node_id();
+    let runner = Arc::new(CrawlRunner::new(client.clone(), crawl));
     // The worker waits for an unreachable store; a signal meanwhile ends the process.
     let worker = tokio::select! {
         w = Worker::start(opts, client, runner) => w?,
         _ = wait_for_signal() => bail!("stopped before the worker could register"),
     };
     print_line(&format!(
-        "crawler worker ready: node {} address {} grpc {} http {} registry {}",
+        "crawler worker ready: node {} address {} grpc {} http {} registry {} results {}",
         worker.node_id(),
         worker.advertise_address(),
         worker.grpc_addr(),
         worker.http_addr(),
-        settings.registry.join(",")
+        settings.registry.join(","),
+        data_dir
     ));
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -218,7 +228,15 @@ pub async fn run_worker(args: WorkerArgs, cfg: Config) -> anyhow::Result<()> {
 }
 
 /// `crawler dev`.
-pub async fn run_dev(args: DevArgs, cfg: Config) -> anyhow::Result<()> {
+pub async fn run_dev(args: DevArgs, mut cfg: Config) -> anyhow::Result<()> {
+    // The demo site the sample task crawls: on its usual port, or any free one (the tasks
+    // pointing at the usual address are retargeted).
+    let (demo_listener, demo_addr) = demo_site::bind().await?;
+    let retargeted = demo_site::retarget(&mut cfg.tasks, demo_addr);
+    if retargeted > 0 {
+        tracing::info!(%demo_addr, urls = retargeted, "demo site port {} was taken; task URLs retargeted", demo_site::DEFAULT_ADDR);
+    }
+    let demo = demo_site::serve(demo_listener);
     let mut store = args.store.clone();
     if store.data_dir.is_none() {
         store.data_dir = Some(PathBuf::from(DEV_DATA_DIR));
@@ -252,11 +270,18 @@ pub async fn run_dev(args: DevArgs, cfg: Config) -> anyhow::Result<()> {
         &origin,
     )?;
 
+    let results = cfg
+        .data_dir
+        .clone()
+        .map_or_else(|| data_dir.join("results"), PathBuf::from);
+    let mut crawl = CrawlOptions::new(&results);
+    crawl.writer = worker_settings.node_id();
+    crawl.progress_every = Duration::from_secs(10);
     // The worker first, so the seeds are assigned as soon as the master leads.
     let worker = match Worker::start(
         WorkerOptions::from_settings(&worker_settings, cfg.tasks.clone()),
         client.clone(),
-        Arc::new(LoggingRunner::default()),
+        Arc::new(CrawlRunner::new(client.clone(), crawl)),
     )
     .await
     {
@@ -304,6 +329,14 @@ pub async fn run_dev(args: DevArgs, cfg: Config) -> anyhow::Result<()> {
         worker.http_addr()
     ));
     print_line(&format!("  worker gRPC  {}", worker.advertise_address()));
+    print_line(&format!(
+        "  demo site    http://{demo_addr}/books/   (crawled by the demo_books task)"
+    ));
+    print_line(&format!(
+        "  results      {}/<task>.jsonl   try: tail -f {}",
+        results.display(),
+        results.join("demo_books.jsonl").display()
+    ));
     print_line("  Ctrl-C stops everything.");
 
     wait_for_signal().await;
@@ -312,6 +345,7 @@ pub async fn run_dev(args: DevArgs, cfg: Config) -> anyhow::Result<()> {
     master.shutdown().await;
     let worker_result = worker.shutdown().await;
     member.shutdown().await?;
+    demo.abort();
     worker_result?;
     Ok(())
 }

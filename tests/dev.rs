@@ -1,7 +1,9 @@
 //! `crawler dev` end to end: one process with a store, a master and a worker; the real `etcdctl`
-//! sees the seed lesson's layout (worker registration, both sample resources assigned to
-//! worker-1 in the exact JSON shape, the election key), the worker's `GET /tasks` lists both,
-//! and SIGTERM stops it cleanly.
+//! sees the seed lesson's layout (worker registration, the sample resources assigned to
+//! worker-1 in the exact JSON shape, the election key), the worker's `GET /tasks` lists them,
+//! the `demo_books` task crawls the demo site the process serves itself (its twelve items appear
+//! under the data dir, the task is marked done in the store, with no network), and SIGTERM stops
+//! it cleanly.
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
@@ -163,10 +165,12 @@ fn dev_mode_shows_the_seed_layout() {
     let deadline = Instant::now() + WAIT;
     let all = loop {
         let all = etcdctl_get_all(&client_url).unwrap_or_default();
-        let done = ["douban_book_list", "douban_movie_top250"].iter().all(|n| {
-            all.get(&format!("/resources/{n}"))
-                .is_some_and(|v| v.contains(&assigned))
-        });
+        let done = ["demo_books", "douban_book_list", "douban_movie_top250"]
+            .iter()
+            .all(|n| {
+                all.get(&format!("/resources/{n}"))
+                    .is_some_and(|v| v.contains(&assigned))
+            });
         if done {
             break all;
         }
@@ -195,7 +199,9 @@ fn dev_mode_shows_the_seed_layout() {
         "douban_movie_top250",
         &assigned,
     );
+    let demo = check_resource(&all["/resources/demo_books"], "demo_books", &assigned);
     assert_ne!(book, movie, "distinct snowflake IDs");
+    assert_ne!(book, demo, "distinct snowflake IDs");
     let elections: Vec<(&String, &String)> = all
         .iter()
         .filter(|(k, _)| k.starts_with("/crawler/election/"))
@@ -207,25 +213,31 @@ fn dev_mode_shows_the_seed_layout() {
         "no election key inside the resource prefix"
     );
 
-    // The worker lists both runs.
+    // The worker lists the three runs; the demo task finishes with its twelve books. (The douban
+    // tasks need the network: running, or failed without it.)
     let deadline = Instant::now() + WAIT;
     let rows = loop {
         if let Some((200, body)) = http_get(&worker_http, "/tasks") {
             let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("JSON");
-            if rows.len() == 2 {
+            let demo_done = rows
+                .iter()
+                .any(|r| r["name"] == "demo_books" && r["status"] == "finished");
+            if rows.len() == 3 && demo_done {
                 break rows;
             }
         }
-        assert!(Instant::now() < deadline, "GET /tasks never listed both");
+        assert!(
+            Instant::now() < deadline,
+            "GET /tasks never listed the three tasks with demo_books finished"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut seen: Vec<(String, String, String)> = rows
+    let mut seen: Vec<(String, String)> = rows
         .iter()
         .map(|r| {
             (
                 r["name"].as_str().unwrap_or_default().to_string(),
                 r["resource_id"].as_str().unwrap_or_default().to_string(),
-                r["status"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect();
@@ -233,10 +245,51 @@ fn dev_mode_shows_the_seed_layout() {
     assert_eq!(
         seen,
         vec![
-            ("douban_book_list".into(), book, "running".into()),
-            ("douban_movie_top250".into(), movie, "running".into()),
+            ("demo_books".into(), demo),
+            ("douban_book_list".into(), book),
+            ("douban_movie_top250".into(), movie),
         ]
     );
+    for r in &rows {
+        let status = r["status"].as_str().unwrap_or_default();
+        assert!(["running", "finished", "failed"].contains(&status), "{r}");
+    }
+    let demo_row = rows
+        .iter()
+        .find(|r| r["name"] == "demo_books")
+        .expect("demo row");
+    // 3 list pages and 12 detail pages; the robots-disallowed page and the other site skipped.
+    assert_eq!(demo_row["stats"]["pages_fetched"], 15, "{demo_row}");
+    assert_eq!(demo_row["stats"]["items"], 12, "{demo_row}");
+    assert_eq!(demo_row["stats"]["robots_denied"], 1, "{demo_row}");
+    assert_eq!(demo_row["stats"]["errors"], 0, "{demo_row}");
+
+    // The items are under the data dir, one JSON line per book.
+    let results = dir.path().join("crawler-dev.data/results/demo_books.jsonl");
+    let text = std::fs::read_to_string(&results).expect("demo results file");
+    let mut titles: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            assert_eq!(v["task"], "demo_books");
+            assert_eq!(v["item"], "book");
+            v["fields"]["title"].as_str().expect("title").to_string()
+        })
+        .collect();
+    titles.sort();
+    let mut want: Vec<String> = crawler::crawl::demo_site::BOOKS
+        .iter()
+        .map(|b| b.0.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(titles, want);
+    let all = etcdctl_get_all(&client_url).unwrap_or_default();
+    let done: serde_json::Value = serde_json::from_str(
+        all.get("/crawler/tasks/demo_books/done")
+            .expect("done mark"),
+    )
+    .expect("done JSON");
+    assert_eq!(done["items"], 12, "{done}");
 
     // SIGTERM: a clean, prompt exit.
     let pid = dev.0.id().to_string();

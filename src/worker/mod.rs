@@ -9,7 +9,8 @@
 //!   A resource whose `AssignedNode` starts with `<node id>|` is started; one deleted, moved to
 //!   another node or recreated with a new ID is stopped. A compacted or ended watch starts over
 //!   from a new snapshot (reconciling against what runs).
-//! - **Running**: through a [`TaskRunner`] (the crawl engine; [`LoggingRunner`] until then).
+//! - **Running**: through a [`TaskRunner`] (the crawl engine, [`crate::crawl::CrawlRunner`];
+//!   [`LoggingRunner`] fetches nothing and serves tests).
 //! - **Registration lost**: a guard checks the registration lease every third of the TTL. When
 //!   the lease is gone, was replaced by a re-registration, or could not be confirmed for a whole
 //!   TTL (store unreachable), the master has reassigned (or will reassign) this worker's

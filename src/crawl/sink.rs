@@ -1,0 +1,197 @@
+//! Where extracted items go. [`Sink`] is the interface (a database sink can implement it); the
+//! default, [`JsonlSinks`], appends JSON lines to `<dir>/<task>.jsonl`, one file per task,
+//! flushed after every page and synced to disk before each checkpoint.
+//!
+//! Delivery is at least once: a page processed after the last checkpoint of a worker that died
+//! is processed again by the next one, so its items can appear twice (in each worker's file).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::kv_client::BoxFuture;
+
+/// One extracted item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// Task name.
+    pub task: String,
+    /// Item kind (`Items.Name` of the rule).
+    pub kind: String,
+    /// URL of the page it was found on.
+    pub url: String,
+    /// Fields in configured order; `None` = not found on the page.
+    pub fields: Vec<(String, Option<String>)>,
+    /// When the page was fetched.
+    pub fetched_at: SystemTime,
+}
+
+/// Fields as a JSON object in configured order.
+struct OrderedFields<'a>(&'a [(String, Option<String>)]);
+
+impl Serialize for OrderedFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("task", &self.task)?;
+        m.serialize_entry("item", &self.kind)?;
+        m.serialize_entry("url", &self.url)?;
+        m.serialize_entry("fields", &OrderedFields(&self.fields))?;
+        m.serialize_entry("fetched_at", &crate::worker::http::rfc3339(self.fetched_at))?;
+        m.end()
+    }
+}
+
+/// Why a sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Disk (or database) I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The item could not be encoded.
+    #[error("cannot encode an item: {0}")]
+    Encode(String),
+}
+
+/// A task's results destination.
+pub trait Sink: Send + Sync {
+    /// Write the items of one page; durable in the sink's own sense (flushed) on return.
+    fn write<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Make what was written survive a machine crash (called before every checkpoint).
+    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// Opens the sink of a task when its run starts.
+pub trait SinkFactory: Send + Sync + 'static {
+    /// The sink for `task`.
+    fn open<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<Arc<dyn Sink>, SinkError>>;
+}
+
+/// JSON lines under a directory: `<dir>/<task>.jsonl`.
+#[derive(Clone, Debug)]
+pub struct JsonlSinks {
+    dir: PathBuf,
+}
+
+impl JsonlSinks {
+    /// Sinks writing under `dir` (created when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The file of `task`.
+    pub fn path(dir: &Path, task: &str) -> PathBuf {
+        dir.join(format!("{task}.jsonl"))
+    }
+}
+
+impl SinkFactory for JsonlSinks {
+    fn open<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<Arc<dyn Sink>, SinkError>> {
+        Box::pin(async move {
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| SinkError::Io { path, source }
+            };
+            tokio::fs::create_dir_all(&self.dir)
+                .await
+                .map_err(io(&self.dir))?;
+            let path = Self::path(&self.dir, task);
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+                .map_err(io(&path))?;
+            Ok(Arc::new(JsonlSink {
+                path,
+                file: tokio::sync::Mutex::new(file),
+            }) as Arc<dyn Sink>)
+        })
+    }
+}
+
+/// One task's JSON lines file.
+#[derive(Debug)]
+pub struct JsonlSink {
+    path: PathBuf,
+    file: tokio::sync::Mutex<tokio::fs::File>,
+}
+
+impl Sink for JsonlSink {
+    fn write<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if items.is_empty() {
+                return Ok(());
+            }
+            let mut buf = Vec::new();
+            for it in items {
+                serde_json::to_writer(&mut buf, it)
+                    .map_err(|e| SinkError::Encode(e.to_string()))?;
+                buf.push(b'\n');
+            }
+            let mut f = self.file.lock().await;
+            let io = |source| SinkError::Io {
+                path: self.path.clone(),
+                source,
+            };
+            // One write of whole lines: a reader never sees half a page's items.
+            f.write_all(&buf).await.map_err(io)?;
+            f.flush().await.map_err(io)
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let f = self.file.lock().await;
+            f.sync_data().await.map_err(|source| SinkError::Io {
+                path: self.path.clone(),
+                source,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_json_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sinks = JsonlSinks::new(dir.path().join("results"));
+        let item = Item {
+            task: "t".into(),
+            kind: "book".into(),
+            url: "http://h/1".into(),
+            fields: vec![("z".into(), Some("1".into())), ("a".into(), None)],
+            fetched_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500),
+        };
+        for _ in 0..2 {
+            let s = sinks.open("t").await.expect("open");
+            s.write(std::slice::from_ref(&item)).await.expect("write");
+            s.sync().await.expect("sync");
+        }
+        let text = std::fs::read_to_string(dir.path().join("results/t.jsonl")).expect("read");
+        let line = r#"{"task":"t","item":"book","url":"http://h/1","fields":{"z":"1","a":null},"fetched_at":"1970-01-01T00:00:01.500Z"}"#;
+        assert_eq!(text, format!("{line}\n{line}\n"));
+    }
+}
