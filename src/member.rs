@@ -75,8 +75,12 @@ impl Member {
         let ctx = ApiContext::new(raft, hub, lessor, cfg.limits);
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Every connection goes through the `:authority` shim: etcdctl 3.4 sends
+        // `http://host:port` as authority on some commands, which h2 would reject.
+        let incoming = tokio_stream::StreamExt::map(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            |conn| conn.map(api::h2_authority::AuthorityShim::new),
+        );
         let routes = api::router(ctx.clone());
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()

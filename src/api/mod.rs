@@ -8,6 +8,7 @@ pub mod context;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod h2_authority;
 pub mod kv;
 pub mod lease;
 pub mod lock;
