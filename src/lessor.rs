@@ -294,6 +294,7 @@ impl Lessor {
     }
 
     async fn keep_alive_local(&self, id: i64) -> Result<i64, LeaseError> {
+        self.confirm_leadership().await?;
         let Some(info) = self.lookup(id).await? else {
             return Ok(0);
         };
@@ -322,6 +323,26 @@ impl Lessor {
         Ok(info.ttl)
     }
 
+    /// Confirms with a quorum that this member still leads, as etcd's `ensureLeadership` does
+    /// before a renew: a leader cut off from the majority keeps believing it leads, and renewing
+    /// there would promise a client TTL seconds while the new leader's clocks expire the lease
+    /// (found by the fault tests: a key deleted while its keep-alives kept succeeding).
+    async fn confirm_leadership(&self) -> Result<(), LeaseError> {
+        let me = self.raft.id();
+        let before = self.raft.status();
+        if before.leader != Some(me) {
+            return Err(RaftError::NoLeader.into());
+        }
+        self.raft.read_barrier().await?;
+        // Same term and still leader: the read index was confirmed by this member as leader
+        // (a barrier served by another leader implies a newer term).
+        let after = self.raft.status();
+        if after.term != before.term || after.leader != Some(me) {
+            return Err(RaftError::NoLeader.into());
+        }
+        Ok(())
+    }
+
     async fn time_to_live_local(&self, id: i64, keys: bool) -> Result<LeaseTtl, LeaseError> {
         let Some(info) = self.lookup(id).await? else {
             return Ok(LeaseTtl {
@@ -345,11 +366,20 @@ impl Lessor {
         })
     }
 
-    /// Proposes the revoke of an expired lease; a lease already gone is fine.
+    /// Proposes the revoke of an expired lease; a lease already gone is fine. Only as leader and
+    /// never forwarded: the expiry was decided by this member's clock, which means nothing once
+    /// it lost leadership (the next leader restarted every lease's clock). Forwarded, a revoke
+    /// decided by a leader cut off from the majority would kill a lease the new leader has just
+    /// renewed (found by the fault tests).
     async fn revoke_expired(&self, id: i64) -> Result<(), LeaseError> {
-        match self.revoke(id).await {
-            Ok(()) | Err(LeaseError::NotFound) => Ok(()),
-            Err(e) => Err(e),
+        let resp = self
+            .raft
+            .write_as_leader(Command::LeaseRevoke { id })
+            .await?;
+        self.clocks.lock().deadlines.remove(&id);
+        match resp.result {
+            Ok(_) | Err(ApplyError::LeaseNotFound) => Ok(()),
+            Err(e) => Err(LeaseError::from_apply(e)),
         }
     }
 

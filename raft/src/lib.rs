@@ -1,10 +1,12 @@
 //! openraft wiring for the embedded store: type config, peer network over tonic, node startup,
 //! leader forwarding, linearizable reads and membership.
 //!
-//! Modules: `node` (startup, forwarding, reads), `membership` (leader-side member changes),
+//! Modules: `node` (startup, forwarding, reads), `batcher` (group proposal of concurrent writes
+//! on the leader), `membership` (leader-side member changes),
 //! `network` (peer client, openraft network), `server` (peer gRPC service), `wire` (payloads),
 //! `ids` (member/cluster ids), `meta` (data dir identity file).
 
+mod batcher;
 mod ids;
 mod membership;
 mod meta;
@@ -76,6 +78,9 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Advertised peer URL -> URL actually dialed, for every outbound peer connection (fault
+    /// tests route peer traffic through proxies); a URL not listed is dialed as advertised.
+    pub peer_dial_overrides: std::collections::HashMap<String, String>,
 }
 
 /// A member as `MemberList` shows it.
@@ -186,6 +191,22 @@ impl RaftNode {
             node::LeaderOk::Write(r) => Ok(r),
             other => Err(RaftError::Internal(format!("unexpected reply {other:?}"))),
         }
+    }
+    /// Replicate `cmd` only if this member leads now: never forwarded, never retried on another
+    /// leader (`NoLeader` otherwise). For decisions only the leader that made them may commit,
+    /// such as revoking a lease its own clock expired: forwarded after a leader change, such a
+    /// revoke would kill a lease the new leader has just renewed.
+    pub async fn write_as_leader(&self, cmd: Command) -> Result<ApplyResponse, RaftError> {
+        if self.inner.is_stopped() {
+            return Err(RaftError::Stopped);
+        }
+        if self.inner.current_leader() != Some(self.inner.id) {
+            return Err(RaftError::NoLeader);
+        }
+        self.inner
+            .write_on_leader(cmd, self.inner.request_timeout())
+            .await
+            .map_err(RaftError::from)
     }
     /// Wait until a read of the local state machine is linearizable (read index from the leader).
     pub async fn read_barrier(&self) -> Result<(), RaftError> {

@@ -60,14 +60,30 @@ pub(crate) enum CallError {
 pub(crate) struct PeerClients {
     channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
+    /// Normalized advertised URL -> URL to dial instead (`NodeConfig::peer_dial_overrides`).
+    dial_overrides: Arc<HashMap<String, String>>,
 }
 
 impl PeerClients {
     /// A cache whose channels give up connecting after `connect_timeout`.
+    #[cfg(test)]
     pub(crate) fn new(connect_timeout: Duration) -> Self {
+        Self::with_overrides(connect_timeout, &HashMap::new())
+    }
+
+    /// Like `new`, but dials `overrides[url]` instead of an advertised `url` listed there.
+    pub(crate) fn with_overrides(
+        connect_timeout: Duration,
+        overrides: &HashMap<String, String>,
+    ) -> Self {
+        let dial_overrides = overrides
+            .iter()
+            .map(|(from, to)| (normalize(from), normalize(to)))
+            .collect();
         Self {
             channels: Default::default(),
             connect_timeout,
+            dial_overrides: Arc::new(dial_overrides),
         }
     }
 
@@ -75,8 +91,13 @@ impl PeerClients {
         if let Some(ch) = self.channels.lock().get(url) {
             return Ok(ch.clone());
         }
-        let ep = Endpoint::from_shared(url.to_string())
-            .map_err(|e| CallError::NotDelivered(format!("bad peer url {url:?}: {e}")))?
+        let dial = self
+            .dial_overrides
+            .get(&normalize(url))
+            .map(String::as_str)
+            .unwrap_or(url);
+        let ep = Endpoint::from_shared(dial.to_string())
+            .map_err(|e| CallError::NotDelivered(format!("bad peer url {dial:?}: {e}")))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -118,6 +139,11 @@ impl PeerClients {
             Ok(Err(status)) => Err(classify(&status)),
         }
     }
+}
+
+/// Peer URLs compare without surrounding blanks and trailing slashes.
+fn normalize(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_string()
 }
 
 /// Sort a gRPC failure into "never delivered" (connect errors) and the rest.
@@ -350,6 +376,44 @@ mod tests {
         let res = clients
             .call(
                 &format!("http://{addr}"),
+                Rpc::Members,
+                Vec::new(),
+                Duration::from_millis(300),
+            )
+            .await;
+        assert!(matches!(res, Err(CallError::Timeout)), "{res:?}");
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn dial_override_redirects_connections() {
+        // The advertised URL refuses connections; the override points at a silent listener,
+        // so a call that times out (instead of being refused) went through the override.
+        let refused = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
+        {
+            Ok(a) => a.port(),
+            Err(e) => panic!("bind: {e}"),
+        };
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("addr: {e}"),
+        };
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let advertised = format!("http://127.0.0.1:{refused}");
+        let overrides = HashMap::from([(format!("{advertised}/"), format!("http://{addr}"))]);
+        let clients = PeerClients::with_overrides(Duration::from_millis(500), &overrides);
+        let res = clients
+            .call(
+                &advertised,
                 Rpc::Members,
                 Vec::new(),
                 Duration::from_millis(300),

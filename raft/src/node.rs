@@ -14,6 +14,7 @@ use openraft::{Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::batcher::Batcher;
 use crate::network::{CallError, PeerClients, PeerNetwork, Rpc};
 use crate::wire::{
     decode, encode, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply,
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) clients: PeerClients,
     pub(crate) leader_tx: Arc<watch::Sender<Option<NodeId>>>,
     shutdown_tx: watch::Sender<bool>,
+    /// Group proposal: every write made on this member as leader goes through it.
+    batcher: Batcher,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     server: parking_lot::Mutex<Option<JoinHandle<()>>>,
     stopped: AtomicBool,
@@ -346,7 +349,7 @@ pub(crate) async fn start(
     }
     let connect_timeout = Duration::from_millis(cfg.election_timeout_ms)
         .clamp(Duration::from_millis(200), Duration::from_secs(3));
-    let clients = PeerClients::new(connect_timeout);
+    let clients = PeerClients::with_overrides(connect_timeout, &cfg.peer_dial_overrides);
     // Validate timing before touching the disk.
     raft_config(&cfg, 1)?;
 
@@ -394,6 +397,7 @@ pub(crate) async fn start(
     let initial_leader = raft.metrics().borrow().current_leader;
     let (leader_tx, _) = watch::channel(initial_leader);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (batcher, proposer) = Batcher::spawn(raft.clone(), shutdown_tx.subscribe());
     let inner = Arc::new(Inner {
         id: ident.id,
         cluster_id: ident.cluster_id,
@@ -405,7 +409,8 @@ pub(crate) async fn start(
         clients,
         leader_tx: Arc::new(leader_tx),
         shutdown_tx,
-        tasks: Default::default(),
+        batcher,
+        tasks: parking_lot::Mutex::new(vec![proposer]),
         server: Default::default(),
         stopped: AtomicBool::new(false),
     });
@@ -685,17 +690,14 @@ impl Inner {
         }
     }
 
-    /// `client_write` on this member, which must be the leader.
+    /// `client_write` on this member, which must be the leader; concurrent writes are grouped
+    /// into one log entry by the batcher (results and errors stay per write).
     pub(crate) async fn write_on_leader(
         &self,
         cmd: Command,
         timeout: Duration,
     ) -> Result<ApplyResponse, WireError> {
-        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
-            Err(_) => Err(WireError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(write_err_to_wire(e)),
-        }
+        self.batcher.write(cmd, timeout).await
     }
 
     /// Confirm leadership with a quorum and return the index a linearizable read must wait for.

@@ -438,3 +438,87 @@ async fn large_entries_replicate_in_small_batches() {
     drop(n);
     c.shutdown_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_get_their_own_results() {
+    use crawler_storage::{ApplyError, Command, PutRequest};
+    let mut c = Cluster::start(3, 1000).await;
+    let l = c.leader().await;
+    const N: usize = 120;
+    for i in 0..N {
+        c.node(l)
+            .write(put(&format!("c/{i:03}"), &format!("old{i}")))
+            .await
+            .expect("seed write");
+    }
+    let before = c.node(l).log_state().last_log_index;
+    // Every third write names a lease that does not exist: it must fail alone.
+    let writes = (0..N).map(|i| {
+        let node = c.node(i % 3).clone();
+        async move {
+            let cmd = Command::Put(PutRequest {
+                key: format!("c/{i:03}").into_bytes(),
+                value: format!("new{i}").into_bytes(),
+                lease: if i % 3 == 0 { 4242 } else { 0 },
+                prev_kv: true,
+                ..Default::default()
+            });
+            (i, node.write(cmd).await)
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let mut revisions = std::collections::BTreeSet::new();
+    for (i, res) in results {
+        let r = res.expect("write");
+        if i % 3 == 0 {
+            assert_eq!(r.result, Err(ApplyError::LeaseNotFound), "write {i}");
+            continue;
+        }
+        let Ok(CommandResult::Put(p)) = r.result else {
+            panic!("write {i}: {r:?}");
+        };
+        // The caller's own previous value and revision, not a neighbour's.
+        let prev = p.prev_kv.expect("prev kv");
+        assert_eq!(prev.value, format!("old{i}").into_bytes());
+        let kv = c
+            .node(l)
+            .store()
+            .range(&crawler_storage::RangeRequest {
+                key: format!("c/{i:03}").into_bytes(),
+                ..Default::default()
+            })
+            .expect("range")
+            .kvs
+            .remove(0);
+        assert_eq!(kv.mod_revision, r.revision, "write {i}");
+        assert!(
+            revisions.insert(r.revision),
+            "revision {} twice",
+            r.revision
+        );
+    }
+    let entries = c.node(l).log_state().last_log_index - before;
+    tracing::info!(writes = N, entries, "concurrent writes proposed");
+    for i in 0..N {
+        let want: &[u8] = if i % 3 == 0 { b"old" } else { b"new" };
+        let v = get(c.node(l), &format!("c/{i:03}")).expect("key");
+        assert!(v.starts_with(want), "key {i}: {v:?}");
+    }
+    let want = dump(c.node(l), "c/");
+    for i in 0..3 {
+        let n = c.node(i).clone();
+        wait_until("same keys on every member", T, || dump(&n, "c/") == want).await;
+    }
+    // The lessor's leader-only write still works on the leader and is refused elsewhere.
+    let r = c
+        .node(l)
+        .write_as_leader(put("c/leader", "v"))
+        .await
+        .expect("leader-only write");
+    assert!(matches!(r.result, Ok(CommandResult::Put(_))), "{r:?}");
+    assert!(matches!(
+        c.node((l + 1) % 3).write_as_leader(put("c/x", "v")).await,
+        Err(RaftError::NoLeader)
+    ));
+    c.shutdown_all().await;
+}

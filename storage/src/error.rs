@@ -17,7 +17,8 @@ pub enum ApplyError {
     LeaseExists,
     #[error("etcdserver: key not found")]
     KeyNotFound,
-    /// The local database could not be read (corruption or I/O); never produced by apply.
+    /// The local database could not be read (corruption or I/O); produced by apply only for a
+    /// malformed command (a batch nested in a batch).
     #[error("etcdserver: storage error: {0}")]
     Internal(String),
 }

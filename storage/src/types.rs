@@ -243,6 +243,10 @@ pub enum Command {
     ForgetMember {
         id: u64,
     },
+    /// Several commands proposed as one log entry (group proposal). Each is applied in order
+    /// exactly as if it were its own entry (own revision, own result or error); a batch inside
+    /// a batch is rejected.
+    Batch(Vec<Command>),
 }
 
 /// The result of applying one command, decided deterministically on every member.
@@ -259,6 +263,8 @@ pub enum CommandResult {
     LeaseRevoke,
     /// Membership entries, blank entries and member attribute updates.
     Done,
+    /// One response per command of a `Command::Batch`, in order.
+    Batch(Vec<ApplyResponse>),
 }
 
 /// What the state machine answers for one applied log entry.

@@ -1227,3 +1227,206 @@ async fn readers_see_applied_state_concurrently() {
     }
     assert_eq!(t.join().unwrap(), 50);
 }
+
+/// The commands of a batch, as the batch test feeds them (some fail on purpose).
+fn batch_cmds() -> Vec<Command> {
+    let mut leased = put("l", "v");
+    leased.lease = 7;
+    let mut missing_lease = put("x", "v");
+    missing_lease.lease = 99;
+    let mut ignore = put("nokey", "");
+    ignore.ignore_value = true;
+    vec![
+        Command::Put(put("a", "1")),
+        Command::LeaseGrant { id: 7, ttl: 60 },
+        Command::Put(missing_lease),
+        Command::Put(leased),
+        Command::Txn(TxnRequest {
+            compare: vec![cmp(
+                "a",
+                CompareResult::Equal,
+                CompareTarget::Value(b"1".to_vec()),
+            )],
+            success: vec![RequestOp::Put(put("a", "2")), RequestOp::Put(put("b", "1"))],
+            failure: vec![],
+        }),
+        Command::Put(ignore),
+        Command::LeaseGrant { id: 7, ttl: 5 },
+        Command::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![],
+            prev_kv: true,
+        }),
+        Command::LeaseRevoke { id: 7 },
+        Command::Put(put("a", "3")),
+    ]
+}
+
+#[tokio::test]
+async fn batch_applies_each_command_as_its_own_entry() {
+    let mut h = H::new();
+    h.put("z", "0").await; // 2
+    let r = h.cmd(Command::Batch(batch_cmds())).await;
+    assert_eq!(r.revision, 8);
+    let inner = match r.result {
+        Ok(CommandResult::Batch(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    };
+    let got: Vec<(i64, Result<&str, ApplyError>)> = inner
+        .iter()
+        .map(|r| {
+            let kind = match &r.result {
+                Ok(CommandResult::Put(_)) => Ok("put"),
+                Ok(CommandResult::LeaseGrant { .. }) => Ok("grant"),
+                Ok(CommandResult::Txn(t)) if t.succeeded => Ok("txn"),
+                Ok(CommandResult::DeleteRange(d)) if d.deleted == 1 => Ok("del"),
+                Ok(CommandResult::LeaseRevoke) => Ok("revoke"),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => Err(e.clone()),
+            };
+            (r.revision, kind)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, Ok("put")),
+            (3, Ok("grant")),
+            (3, Err(ApplyError::LeaseNotFound)),
+            (4, Ok("put")),
+            (5, Ok("txn")),
+            (5, Err(ApplyError::KeyNotFound)),
+            (5, Err(ApplyError::LeaseExists)),
+            (6, Ok("del")),
+            (7, Ok("revoke")),
+            (8, Ok("put")),
+        ]
+    );
+    // The failed put changed nothing; the lease grant that failed kept the first TTL until
+    // the revoke.
+    assert!(h.get("x").is_none());
+    assert!(h.get("l").is_none());
+    assert!(h.r().lease(7).is_none());
+    let a = h.get("a").unwrap();
+    assert_eq!(
+        (a.value.as_slice(), a.create_revision, a.version),
+        (&b"3"[..], 8, 1)
+    );
+    assert_eq!(h.get("b").unwrap().mod_revision, 5);
+    assert_eq!(h.rev(), 8);
+    assert_eq!(h.r().applied_index(), 2);
+
+    // One announcement per inner revision, with that revision's events only.
+    let applied = h.rec.applied.lock().clone();
+    let summary: Vec<(i64, Vec<(EventType, String)>)> = applied
+        .iter()
+        .map(|(rev, evs)| {
+            (
+                *rev,
+                evs.iter()
+                    .map(|e| (e.kind, String::from_utf8(e.kv.key.clone()).unwrap()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let p = |k: &str| (EventType::Put, k.to_string());
+    let d = |k: &str| (EventType::Delete, k.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            (2, vec![p("z")]),
+            (3, vec![p("a")]),
+            (4, vec![p("l")]),
+            (5, vec![p("a"), p("b")]),
+            (6, vec![d("a")]),
+            (7, vec![d("l")]),
+            (8, vec![p("a")]),
+        ]
+    );
+    // The history agrees with the announcements and survives a reopen.
+    let announced: Vec<Event> = applied.iter().flat_map(|(_, e)| e.clone()).collect();
+    assert_eq!(announced, h.r().events(b"\0", &[0], 1, 100, 0).unwrap());
+    h.reopen();
+    assert_eq!(h.rev(), 8);
+    assert_eq!(h.get("a").unwrap().value, b"3");
+    assert!(h.r().lease(7).is_none());
+    assert_eq!(h.r().applied_index(), 2);
+}
+
+#[tokio::test]
+async fn batch_equals_separate_entries() {
+    let mut batched = H::new();
+    let mut single = H::new();
+    let r = batched.cmd(Command::Batch(batch_cmds())).await;
+    let inner = match r.result {
+        Ok(CommandResult::Batch(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut separate = Vec::new();
+    for c in batch_cmds() {
+        separate.push(single.cmd(c).await);
+    }
+    assert_eq!(inner, separate);
+    assert_eq!(*batched.rec.applied.lock(), *single.rec.applied.lock());
+    let all = range("\0", &[0]);
+    assert_eq!(batched.r().range(&all), single.r().range(&all));
+    assert_eq!(
+        batched.r().events(b"\0", &[0], 1, 100, 0),
+        single.r().events(b"\0", &[0], 1, 100, 0)
+    );
+}
+
+#[tokio::test]
+async fn batch_edge_cases() {
+    let mut h = H::new();
+    // Empty batch: nothing happens, but the entry is applied.
+    let r = h.cmd(Command::Batch(vec![])).await;
+    assert_eq!(
+        (r.revision, r.result),
+        (1, Ok(CommandResult::Batch(vec![])))
+    );
+    assert_eq!(h.r().applied_index(), 1);
+    // A nested batch is rejected on its own; its neighbours apply.
+    let r = h
+        .cmd(Command::Batch(vec![
+            Command::Put(put("a", "1")),
+            Command::Batch(vec![Command::Put(put("n", "1"))]),
+            Command::Put(put("b", "1")),
+        ]))
+        .await;
+    let inner = match r.result {
+        Ok(CommandResult::Batch(v)) => v,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(inner.len(), 3);
+    assert_eq!(inner[0].revision, 2);
+    assert!(matches!(inner[1].result, Err(ApplyError::Internal(_))));
+    assert_eq!(inner[2].revision, 3);
+    assert!(h.get("n").is_none());
+    // Batches mixed with plain entries in one apply call, with a compaction inside a batch.
+    let rs = h
+        .entries(vec![
+            EntryPayload::Normal(Command::Put(put("a", "2"))),
+            EntryPayload::Normal(Command::Batch(vec![
+                Command::Put(put("a", "3")),
+                Command::Compact { revision: 4 },
+                Command::Compact { revision: 4 },
+            ])),
+            EntryPayload::Blank,
+            EntryPayload::Normal(Command::Put(put("c", "1"))),
+        ])
+        .await;
+    let revs: Vec<i64> = rs.iter().map(|r| r.revision).collect();
+    assert_eq!(revs, vec![4, 5, 5, 6]);
+    let inner = match &rs[1].result {
+        Ok(CommandResult::Batch(v)) => v.clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(inner[1].result, Ok(CommandResult::Compact));
+    assert_eq!(inner[2].result, Err(ApplyError::Compacted));
+    h.reopen();
+    assert_eq!(h.rev(), 6);
+    assert_eq!(h.r().compact_revision(), 4);
+    assert_eq!(h.get_at("a", 4).unwrap().unwrap().value, b"2");
+    assert_eq!(h.r().applied_index(), 6);
+}

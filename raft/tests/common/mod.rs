@@ -56,6 +56,7 @@ pub fn node_config(
         heartbeat_interval_ms: HEARTBEAT_MS,
         election_timeout_ms: ELECTION_MS,
         snapshot_count,
+        peer_dial_overrides: Default::default(),
     }
 }
 

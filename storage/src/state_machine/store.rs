@@ -776,6 +776,8 @@ impl<'a> WriteCtx<'a> {
             Command::LeaseRevoke { id } => self.lease_revoke(*id),
             Command::PublishMember { id, attrs } => self.publish_member(*id, attrs),
             Command::ForgetMember { id } => self.forget_member(*id),
+            // `apply_entries` unpacks batches; one reaching here was nested in another.
+            Command::Batch(_) => Err(ApplyError::Internal("nested batch command".into()).into()),
         }
     }
 
@@ -840,6 +842,40 @@ pub(crate) enum Item {
     Command(Command),
 }
 
+/// Execute one (non-batch) command on `st`, staging its writes into `batch` and its events
+/// into `notify`. The outer `Err` is a storage failure (the caller must reload `st`); the inner
+/// one is the command's deterministic etcd error, after which `st` is unchanged.
+fn apply_command(
+    st: &mut State,
+    tree: &sled::Tree,
+    cmd: &Command,
+    batch: &mut sled::Batch,
+    notify: &mut Vec<(i64, Vec<Event>)>,
+) -> Result<Result<CommandResult, ApplyError>, StoreError> {
+    let mut w = WriteCtx::new(st, tree);
+    match w.command(cmd) {
+        Ok(res) => {
+            let done = w.finish();
+            for (k, v) in done.ops {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            if done.changed {
+                st.current = done.main;
+                notify.push((done.main, done.events));
+            }
+            Ok(Ok(res))
+        }
+        Err(Fault::Apply(e)) => {
+            w.rollback();
+            Ok(Err(e))
+        }
+        Err(Fault::Store(e)) => Err(e),
+    }
+}
+
 /// Apply entries to `st`, staging every change in one batch; returns the responses, the batch
 /// and the events to announce per revision. On `Err` the caller must reload `st` from disk.
 #[allow(clippy::type_complexity)]
@@ -858,30 +894,23 @@ pub(crate) fn apply_entries(
                 st.membership = Some(m);
                 Ok(CommandResult::Done)
             }
-            Item::Command(cmd) => {
-                let mut w = WriteCtx::new(st, tree);
-                match w.command(&cmd) {
-                    Ok(res) => {
-                        let done = w.finish();
-                        for (k, v) in done.ops {
-                            match v {
-                                Some(v) => batch.insert(k, v),
-                                None => batch.remove(k),
-                            }
-                        }
-                        if done.changed {
-                            st.current = done.main;
-                            notify.push((done.main, done.events));
-                        }
-                        Ok(res)
-                    }
-                    Err(Fault::Apply(e)) => {
-                        w.rollback();
-                        Err(e)
-                    }
-                    Err(Fault::Store(e)) => return Err(e),
+            Item::Command(Command::Batch(cmds)) => {
+                // Each inner command as if it were its own entry: own revision, own outcome.
+                let mut inner = Vec::with_capacity(cmds.len());
+                for cmd in &cmds {
+                    let result = if matches!(cmd, Command::Batch(_)) {
+                        Err(ApplyError::Internal("nested batch command".into()))
+                    } else {
+                        apply_command(st, tree, cmd, &mut batch, &mut notify)?
+                    };
+                    inner.push(ApplyResponse {
+                        revision: st.current,
+                        result,
+                    });
                 }
+                Ok(CommandResult::Batch(inner))
             }
+            Item::Command(cmd) => apply_command(st, tree, &cmd, &mut batch, &mut notify)?,
         };
         st.applied = Some(log_id);
         responses.push(ApplyResponse {
