@@ -43,6 +43,7 @@ impl Fixture {
                 heartbeat_interval_ms: 50,
                 election_timeout_ms: 500,
                 snapshot_count: 10_000,
+                peer_dial_overrides: Default::default(),
             },
             listen_client: "127.0.0.1:0".parse().expect("addr"),
             limits: Limits::default(),

@@ -48,6 +48,7 @@ fn node_config(
             heartbeat_interval_ms: 50,
             election_timeout_ms: 500,
             snapshot_count: 10_000,
+            peer_dial_overrides: Default::default(),
         },
         listen_client: format!("127.0.0.1:{client_port}").parse().expect("addr"),
         limits: Limits::default(),

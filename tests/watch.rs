@@ -454,6 +454,7 @@ impl TestMember {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
+            peer_dial_overrides: Default::default(),
         };
         let member = Member::start(MemberConfig {
             node,
