@@ -17,4 +17,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start several server processes each; the harness runs one cluster at
 # a time per test binary, and two test threads keep a 2-core machine responsive.
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2

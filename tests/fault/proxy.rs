@@ -53,6 +53,20 @@ impl std::fmt::Display for LinkMode {
     }
 }
 
+/// Bind a 127.0.0.1 port never handed out before in this process (retrying a few taken ones).
+async fn bind_fresh_port() -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..8 {
+        let port = super::cluster::free_port().map_err(|e| std::io::Error::other(e.to_string()))?;
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
 /// A running proxy; stops (closing its listener and connections) when dropped.
 pub struct Proxy {
     addr: SocketAddr,
@@ -62,9 +76,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listen on 127.0.0.1:0 and forward to `target` (which need not be up yet).
+    /// Listen on a fresh 127.0.0.1 port and forward to `target` (which need not be up yet).
+    ///
+    /// The port comes from `free_port`, not from binding port 0: the kernel could hand a proxy a
+    /// port that `free_port` already promised to a node that has not bound it yet.
     pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = bind_fresh_port().await?;
         let addr = listener.local_addr()?;
         let (mode, rx) = watch::channel(LinkMode::Pass);
         let task = tokio::spawn(accept_loop(listener, target, rx));
