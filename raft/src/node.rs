@@ -379,7 +379,7 @@ pub(crate) async fn start(
     let db = tokio::task::spawn_blocking(move || crawler_storage::open_db(&db_dir_for_open))
         .await
         .map_err(|e| RaftError::Internal(format!("open db task: {e}")))??;
-    let log_store = LogStore::<TypeConfig>::open(&db)?;
+    let log_store = LogStore::<TypeConfig>::open_synced(&db, &db_dir)?;
     let sm = StateMachine::open(&db)?;
     let reader = sm.reader();
     sm.set_observer(observer);

@@ -345,3 +345,29 @@ async fn hole_ends_a_read() {
         indexes(&store.try_get_log_entries(..).await.unwrap())
     );
 }
+
+/// The fdatasync variant flushes through sled's data file and keeps everything readable.
+#[tokio::test]
+async fn synced_store_appends_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = entries(1, 1..=20);
+    {
+        let db = open_db(dir.path()).expect("open db");
+        let mut store = Store::open_synced(&db, dir.path()).expect("open synced log store");
+        for chunk in written.chunks(5) {
+            store.blocking_append(chunk.to_vec()).await.unwrap();
+        }
+        assert!(store.flush_count() >= 4);
+    }
+    let (_db, mut store) = open(dir.path());
+    assert_eq!(written, store.try_get_log_entries(..).await.unwrap());
+}
+
+/// A directory that is not sled's (no data file to fdatasync) is an error, not a silent skip.
+#[tokio::test]
+async fn synced_store_needs_the_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path()).expect("open db");
+    assert!(Store::open_synced(&db, other.path()).is_err());
+}

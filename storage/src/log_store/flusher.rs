@@ -23,14 +23,15 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// Start the flusher thread for `db`.
-    pub(super) fn spawn(db: sled::Db) -> io::Result<Self> {
+    /// Start the flusher thread for `db`; with `sync_file`, each flush is followed by its
+    /// `fdatasync`.
+    pub(super) fn spawn(db: sled::Db, sync_file: Option<std::fs::File>) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Done>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&flushes);
         let thread = thread::Builder::new()
             .name("raft-log-flusher".into())
-            .spawn(move || run(&db, &rx, &counter))?;
+            .spawn(move || run(&db, sync_file.as_ref(), &rx, &counter))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -83,17 +84,28 @@ impl Drop for Flusher {
 }
 
 /// The flusher loop: take everything queued, flush once, then answer all of it.
-fn run(db: &sled::Db, rx: &mpsc::Receiver<Done>, flushes: &AtomicU64) {
+fn run(
+    db: &sled::Db,
+    sync_file: Option<&std::fs::File>,
+    rx: &mpsc::Receiver<Done>,
+    flushes: &AtomicU64,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let res = db.flush();
+        let res = db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| match sync_file {
+                Some(f) => f.sync_data().map_err(|e| format!("fdatasync: {e}")),
+                None => Ok(()),
+            });
         flushes.fetch_add(1, Ordering::AcqRel);
         match res {
             Ok(_) => batch.into_iter().for_each(|done| done(Ok(()))),
             Err(e) => {
                 tracing::error!(error = %e, waiters = batch.len(), "raft log flush failed");
-                let msg = e.to_string();
+                let msg = e;
                 batch
                     .into_iter()
                     .for_each(|done| done(Err(io::Error::other(msg.clone()))));
