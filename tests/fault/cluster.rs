@@ -1,4 +1,5 @@
-//! A cluster of real `crawler store` processes whose peer links all go through [`Proxy`]s.
+//! A cluster of real `crawler store` processes (or `crawler master` processes, each embedding a
+//! member) whose peer links all go through [`Proxy`]s.
 //!
 //! The cluster has more *slots* than members: a slot is a fixed (client port, peer port) pair
 //! with a proxy for every directed link to every other slot, so a member added later (in a free
@@ -101,6 +102,10 @@ pub struct Slot {
     pub is_member: bool,
     /// Whether the process is SIGSTOPped.
     pub paused: bool,
+    /// Master HTTP API port (used when the cluster runs `crawler master`).
+    pub http_port: u16,
+    /// Master gRPC API port (used when the cluster runs `crawler master`).
+    pub grpc_port: u16,
     child: Option<Child>,
 }
 
@@ -167,6 +172,8 @@ pub struct FaultCluster {
     proxies: HashMap<(usize, usize), Proxy>,
     topology: Topology,
     next_name: usize,
+    /// `Some(config file)`: run `crawler master` (embedding the member) instead of `crawler store`.
+    master_config: Option<PathBuf>,
 }
 
 /// A port that was free a moment ago and was never handed out before in this process.
@@ -217,6 +224,22 @@ impl FaultCluster {
     /// Start `cfg.nodes` members (slots 0..nodes) as a new cluster and wait until each serves
     /// linearizable reads.
     pub async fn start(cfg: ClusterConfig) -> Result<FaultCluster, ClusterError> {
+        Self::start_as(cfg, None).await
+    }
+
+    /// Like [`FaultCluster::start`], but every node is a `crawler master --config <config>`
+    /// (master id = slot + 1) embedding the member, with its HTTP/gRPC API on the slot's ports.
+    pub async fn start_masters(
+        cfg: ClusterConfig,
+        config: PathBuf,
+    ) -> Result<FaultCluster, ClusterError> {
+        Self::start_as(cfg, Some(config)).await
+    }
+
+    async fn start_as(
+        cfg: ClusterConfig,
+        master_config: Option<PathBuf>,
+    ) -> Result<FaultCluster, ClusterError> {
         fs::create_dir_all(&cfg.dir).map_err(io_err(format!("create {:?}", cfg.dir)))?;
         let total = cfg.nodes + cfg.spare_slots;
         let mut slots = Vec::with_capacity(total);
@@ -233,6 +256,8 @@ impl FaultCluster {
                 member_id: None,
                 is_member: false,
                 paused: false,
+                http_port: free_port()?,
+                grpc_port: free_port()?,
                 child: None,
             });
         }
@@ -256,6 +281,7 @@ impl FaultCluster {
             proxies,
             topology,
             next_name: 1,
+            master_config,
         };
         let n = c.cfg.nodes;
         for i in 0..n {
@@ -340,8 +366,20 @@ impl FaultCluster {
         let _ = writeln!(log, "\n===== fault harness: starting {} =====", s.name);
         let log_err = log.try_clone().map_err(io_err("clone log handle"))?;
         let mut cmd = Command::new(&self.cfg.bin);
-        cmd.arg("store")
-            .args(["--name", &s.name])
+        match &self.master_config {
+            None => {
+                cmd.arg("store");
+            }
+            Some(config) => {
+                cmd.arg("master")
+                    .arg(format!("--id={}", i + 1))
+                    .arg(format!("--http=127.0.0.1:{}", s.http_port))
+                    .arg(format!("--grpc=127.0.0.1:{}", s.grpc_port))
+                    .arg("--config")
+                    .arg(config);
+            }
+        }
+        cmd.args(["--name", &s.name])
             .arg("--data-dir")
             .arg(&s.data_dir)
             .args(["--listen-client-urls", &s.client_url()])

@@ -4,6 +4,7 @@
 //! cargo test --test fault                                  # short CI schedule (3 seeds × 30 s)
 //! cargo test --test fault -- --time 300 --seed 7           # one long run
 //! cargo test --test fault -- --seeds 1,2,3 --faults kill,partition --nodes 5 --keep
+//! cargo test --test fault -- --master --seed 1 --time 60  # master checks (master_check.rs)
 //! ```
 //!
 //! Per seed: start a cluster whose peer links go through fault proxies, run the KV workload,
@@ -25,6 +26,7 @@ use fault::checker::{check_with, CheckConfig, Verdict};
 use fault::cluster::{channel, req, ClusterConfig, FaultCluster, Topology};
 use fault::history::{fmt_time, History, Outcome, Recorder};
 use fault::lease_check::{self, LeaseConfig, LeaseWorkload};
+use fault::master_check::{self, MasterRunConfig};
 use fault::nemesis::{FaultKind, Nemesis};
 use fault::report::{op_stats, Check, RunReport};
 use fault::watch_check::{self, Watcher};
@@ -62,7 +64,19 @@ struct Opts {
     out: PathBuf,
     checker_budget: Duration,
     max_hold: Duration,
+    /// Run the master checks instead of the store checks.
+    master: bool,
+    /// Worker processes in master mode.
+    workers: usize,
+    /// The plain CI invocation (no `--time`, `--seed(s)`, `--master`): after the store seeds,
+    /// one short master seed ([`CI_MASTER_SEED`], [`CI_MASTER_TIME`]).
+    ci_master: bool,
 }
+
+/// The master seed of the plain CI invocation.
+const CI_MASTER_SEED: u64 = 1;
+/// Its fault time.
+const CI_MASTER_TIME: Duration = Duration::from_secs(20);
 
 impl Default for Opts {
     fn default() -> Self {
@@ -78,13 +92,17 @@ impl Default for Opts {
             out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault"),
             checker_budget: Duration::from_secs(60),
             max_hold: Duration::from_secs(5),
+            master: false,
+            workers: 3,
+            ci_master: true,
         }
     }
 }
 
 const USAGE: &str = "usage: cargo test --test fault -- [--time SECS] [--seed N | --seeds A,B,C] \
 [--faults kill,pause,partition,membership|none] [--nodes N] [--clients-per-node N] [--keys N] \
-[--snapshot-count N] [--max-hold SECS] [--checker-budget SECS] [--out DIR] [--keep]";
+[--snapshot-count N] [--max-hold SECS] [--checker-budget SECS] [--out DIR] [--keep] \
+[--master [--workers N]]";
 
 /// What to do, after parsing.
 enum Action {
@@ -126,9 +144,16 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
                 .map_err(|_| format!("not a number: {s:?}"))
         };
         match flag.as_str() {
-            "--time" => o.time = Duration::from_secs(num(value()?)?),
-            "--seed" => o.seeds = vec![num(value()?)?],
+            "--time" => {
+                o.time = Duration::from_secs(num(value()?)?);
+                o.ci_master = false;
+            }
+            "--seed" => {
+                o.seeds = vec![num(value()?)?];
+                o.ci_master = false;
+            }
             "--seeds" => {
+                o.ci_master = false;
                 o.seeds = value()?
                     .split(',')
                     .filter(|s| !s.trim().is_empty())
@@ -154,6 +179,11 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             "--max-hold" => o.max_hold = Duration::from_secs(num(value()?)?),
             "--out" => o.out = PathBuf::from(value()?),
             "--keep" => o.keep = true,
+            "--master" => {
+                o.master = true;
+                o.ci_master = false;
+            }
+            "--workers" => o.workers = num(value()?)? as usize,
             "--help" | "-h" => return Ok(Action::Exit(USAGE.to_string())),
             "--list" => return Ok(Action::Exit("fault: test".to_string())),
             "--ignored" | "--include-ignored" => {
@@ -222,8 +252,31 @@ fn main() -> ExitCode {
     let mut failed = 0;
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut total_ops = 0;
-    for &seed in &opts.seeds {
-        let report = rt.block_on(run_seed(&opts, seed));
+    let mut runs: Vec<(u64, Duration, bool)> = opts
+        .seeds
+        .iter()
+        .map(|&s| (s, opts.time, opts.master))
+        .collect();
+    if opts.ci_master {
+        runs.push((CI_MASTER_SEED, CI_MASTER_TIME, true));
+    }
+    for (seed, time, master) in runs {
+        let report = if master {
+            rt.block_on(master_check::run_seed(&MasterRunConfig {
+                seed,
+                time,
+                faults: opts.faults.clone(),
+                max_hold: opts.max_hold,
+                nodes: opts.nodes,
+                workers: opts.workers,
+                clients: opts.clients_per_node,
+                snapshot_count: opts.snapshot_count,
+                out: opts.out.clone(),
+                keep: opts.keep,
+            }))
+        } else {
+            rt.block_on(run_seed(&opts, seed))
+        };
         println!("{}", report.render());
         for (k, v) in &report.faults {
             *totals.entry(k.clone()).or_default() += v;

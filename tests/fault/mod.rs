@@ -8,6 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod lease_check;
+pub mod master_check;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;
