@@ -149,10 +149,14 @@ impl WorkerSet {
         Ok(revision)
     }
 
-    /// Apply one watch event unless the set already reflects its revision.
+    /// Apply one watch event unless the set already reflects a later revision.
+    ///
+    /// Events of the revision the set is at are applied: one txn or one lease revoke changes
+    /// several registrations at a single revision, and applying an event the set already
+    /// reflects is harmless (same node inserted or removed again).
     fn apply(&self, ev: RegistryEvent) {
         let mut st = self.state.lock();
-        if ev.revision <= st.revision {
+        if ev.revision < st.revision {
             return;
         }
         let old = st.nodes.clone();
@@ -218,6 +222,45 @@ mod tests {
 
     fn set(nodes: &[Node]) -> BTreeMap<String, Node> {
         nodes.iter().map(|n| (n.id.clone(), n.clone())).collect()
+    }
+
+    fn event(action: Action, n: Node, revision: i64) -> RegistryEvent {
+        RegistryEvent {
+            action,
+            service: crate::registry::Service {
+                name: "go.micro.server.worker".into(),
+                nodes: vec![n],
+                ..Default::default()
+            },
+            revision,
+        }
+    }
+
+    /// One revision can carry several registrations (a txn, a lease revoke): all are applied,
+    /// and nothing older than the set's revision is.
+    #[tokio::test]
+    async fn events_sharing_a_revision_all_apply() {
+        // `apply` never talks to the store; the client only has to exist.
+        let client = crate::kv_client::remote::RemoteKvClient::new(
+            crate::kv_client::remote::RemoteConfig::new(["127.0.0.1:1"]),
+        )
+        .expect("client");
+        let set_ = WorkerSet::new(Registry::new(Arc::new(client)), "go.micro.server.worker");
+        set_.apply(event(Action::Create, node("w1", "a:1"), 5));
+        set_.apply(event(Action::Create, node("w2", "a:2"), 5));
+        set_.apply(event(Action::Create, node("w3", "a:3"), 6));
+        assert_eq!(
+            set_.snapshot().keys().cloned().collect::<Vec<_>>(),
+            ["w1", "w2", "w3"]
+        );
+        set_.apply(event(Action::Delete, node("w1", "a:1"), 4));
+        assert!(
+            set_.snapshot().contains_key("w1"),
+            "a stale event is ignored"
+        );
+        set_.apply(event(Action::Delete, node("w1", "a:1"), 7));
+        set_.apply(event(Action::Delete, node("w2", "a:2"), 7));
+        assert_eq!(set_.snapshot().keys().cloned().collect::<Vec<_>>(), ["w3"]);
     }
 
     #[test]
