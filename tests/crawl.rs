@@ -14,6 +14,8 @@
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/our_store.rs"]
+mod our_store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -27,19 +29,16 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use clap::Parser;
-use crawler::cli::{Cli, Command as CliCommand};
 use crawler::config::Config;
 use crawler::crawl::frontier::{
     CheckpointError, CheckpointStore, Counters, DoneMarker, Frontier, Manifest,
 };
 use crawler::crawl::{CrawlOptions, CrawlRunner};
-use crawler::kv_client::local::LocalClient;
 use crawler::kv_client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
 use crawler::master::{Master, MasterConfig, Resource};
-use crawler::member::Member;
 use crawler::worker::{TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
-use etcd_support::{free_port, EtcdServer};
+use etcd_support::EtcdServer;
+use our_store::OurStore;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -75,71 +74,6 @@ where
 }
 
 // ---- our store, in process --------------------------------------------------------------------
-
-/// A single-member store of our own in this process, in a temp dir.
-struct OurStore {
-    member: Option<Member>,
-    _dir: tempfile::TempDir,
-}
-
-impl OurStore {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let data = dir.path().join("data");
-        let cli = Cli::try_parse_from([
-            "crawler",
-            "store",
-            "--name",
-            "t",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
-            "http://127.0.0.1:0",
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .expect("store flags");
-        let CliCommand::Store(args) = cli.command else {
-            panic!("not the store command");
-        };
-        let member = Member::start(args.member_config().expect("member config"))
-            .await
-            .expect("member starts");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while member.raft().status().leader.is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "member never became leader"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self {
-            member: Some(member),
-            _dir: dir,
-        }
-    }
-
-    fn member(&self) -> &Member {
-        self.member.as_ref().expect("running")
-    }
-
-    fn local(&self) -> Arc<dyn KvClient> {
-        Arc::new(LocalClient::from_member(self.member()))
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.member().client_addr())
-    }
-
-    async fn stop(mut self) {
-        if let Some(m) = self.member.take() {
-            m.shutdown().await.expect("member shutdown");
-        }
-    }
-}
 
 async fn put_resource(c: &Arc<dyn KvClient>, r: &Resource) {
     c.put_kv(

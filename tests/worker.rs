@@ -9,6 +9,8 @@
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/our_store.rs"]
+mod our_store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -16,19 +18,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use crawler::cli::{Cli, Command as CliCommand};
 use crawler::config::TaskConfig;
 use crawler::kv_client::local::LocalClient;
 use crawler::kv_client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient, KvClientExt, PutRequest,
     RangeRequest, RemoteConfig, RemoteKvClient, RequestOp, TxnRequest, WatchSpec,
 };
-use crawler::member::Member;
 use crawler::worker::{
     LoggingRunner, TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions,
 };
-use etcd_support::{free_port, EtcdServer, TcpProxy};
+use etcd_support::{EtcdServer, TcpProxy};
+use our_store::OurStore;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -48,71 +48,6 @@ async fn run<F: std::future::Future<Output = ()>>(f: F) {
 }
 
 // ---- our store, in process --------------------------------------------------------------------
-
-/// A single-member store of our own in this process, in a temp dir.
-struct OurStore {
-    member: Option<Member>,
-    _dir: tempfile::TempDir,
-}
-
-impl OurStore {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let data = dir.path().join("data");
-        let cli = Cli::try_parse_from([
-            "crawler",
-            "store",
-            "--name",
-            "t",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
-            "http://127.0.0.1:0",
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .expect("store flags");
-        let CliCommand::Store(args) = cli.command else {
-            panic!("not the store command");
-        };
-        let member = Member::start(args.member_config().expect("member config"))
-            .await
-            .expect("member starts");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while member.raft().status().leader.is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "member never became leader"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self {
-            member: Some(member),
-            _dir: dir,
-        }
-    }
-
-    fn member(&self) -> &Member {
-        self.member.as_ref().expect("running")
-    }
-
-    fn local(&self) -> Arc<dyn KvClient> {
-        Arc::new(LocalClient::from_member(self.member()))
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.member().client_addr())
-    }
-
-    async fn stop(mut self) {
-        if let Some(m) = self.member.take() {
-            m.shutdown().await.expect("member shutdown");
-        }
-    }
-}
 
 fn remote(endpoint: &str) -> Arc<dyn KvClient> {
     let mut cfg = RemoteConfig::new([endpoint.to_string()]);
