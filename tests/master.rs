@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler::election::Election;
-use crawler::kv_client::KvClientExt;
+use crawler::kv_client::{KvClientExt, RangeRequest};
 use crawler::master::{Resource, ResourceStore, WriteError};
 use crawler::snowflake::SnowflakeId;
 use crawler_proto::crawler::{Empty, ResourceSpec};
@@ -507,18 +507,53 @@ async fn fencing_deleted_key(env: Arc<Env>) {
     assert!(m.wait_ready(WAIT).await);
     assert_eq!(store.create(&fence, &new).await, Err(WriteError::Fenced));
     let fresh = m.fence().expect("fence");
+    let rev = store
+        .create(
+            &fresh,
+            &Resource {
+                name: "legit".into(),
+                ..new.clone()
+            },
+        )
+        .await
+        .expect("the leader's write commits");
+    // The write tags its writer: the election key was re-put in the same txn (read as of that
+    // revision, so later leader writes do not matter), keeping value, lease and create revision.
+    let legit = store
+        .get("legit")
+        .await
+        .expect("get")
+        .expect("legit stored");
+    assert_eq!(legit.mod_revision, rev);
+    let at_write = client
+        .range(RangeRequest {
+            key: fresh.key.clone(),
+            revision: rev,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("read election key at the write")
+        .body
+        .kvs;
+    let [tag] = at_write.as_slice() else {
+        panic!("one election key at revision {rev}: {at_write:?}");
+    };
+    assert_eq!(tag.mod_revision, rev, "election key tagged at the write");
+    assert_eq!(tag.create_revision, fresh.create_revision);
+    let before = client
+        .range(RangeRequest {
+            key: fresh.key.clone(),
+            revision: rev - 1,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("read election key before the write")
+        .body
+        .kvs;
+    assert_eq!(before.len(), 1);
     assert_eq!(
-        store
-            .create(
-                &fresh,
-                &Resource {
-                    name: "legit".into(),
-                    ..new.clone()
-                }
-            )
-            .await
-            .map(|_| ()),
-        Ok(())
+        (&tag.value, tag.lease, tag.version),
+        (&before[0].value, before[0].lease, before[0].version + 1)
     );
     m.shutdown().await;
 }

@@ -6,8 +6,15 @@
 //! Every write is one Txn whose first compare is the writer's [`Fence`] (its election key still
 //! exists with the create revision it won with, etcd's `concurrency` leader-key guard), so a
 //! deposed or paused leader can never overwrite its successor's decisions. The failure branch reads
-//! the election key and the resource key back, which tells in the same round trip whether the
-//! guard or the resource's own condition failed.
+//! the election key back, which tells in the same round trip whether the guard or the resource's
+//! own condition failed.
+//!
+//! The success branch also re-puts the writer's own election key with `ignore_value` and
+//! `ignore_lease` (value, lease and create revision unchanged): a writer tag. The key's mod
+//! revision is then the revision of the leader's latest write, and the event history shows, at the
+//! revision of every resource write, a PUT of the writer's election key, so a checker can verify
+//! that the writer was the leader (not merely that some leader existed). Nothing else watches
+//! for such a PUT as a change: observers compare the leader's key, create revision and value.
 
 use std::sync::Arc;
 
@@ -135,6 +142,18 @@ impl Fence {
             key: self.key.clone(),
             range_end: Vec::new(),
         }
+    }
+
+    /// The writer tag: a Put of the election key keeping its value and lease, so the key's mod
+    /// revision (and the event history) names the writer of the txn's revision. Only valid in a
+    /// txn branch taken after [`Fence::compare`] held (the key must exist).
+    pub fn tag(&self) -> RequestOp {
+        RequestOp::Put(PutRequest {
+            key: self.key.clone(),
+            ignore_value: true,
+            ignore_lease: true,
+            ..PutRequest::default()
+        })
     }
 
     /// Does the election key read back in a failed txn still carry this fence?
@@ -292,11 +311,12 @@ impl ResourceStore {
             .map_err(|e| e.or_condition(WriteError::Missing(name.to_string())))
     }
 
-    /// `if fence && cond then op else (read election key)`; the revision of the write on success.
+    /// `if fence && cond then (op, tag) else (read election key)`; the revision of the write on
+    /// success.
     async fn guarded(&self, fence: &Fence, cond: Compare, op: RequestOp) -> Result<i64, Guarded> {
         let txn = TxnRequest {
             compare: vec![fence.compare(), cond],
-            success: vec![op],
+            success: vec![op, fence.tag()],
             failure: vec![RequestOp::Range(RangeRequest {
                 key: fence.key.clone(),
                 ..RangeRequest::default()

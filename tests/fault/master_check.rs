@@ -4,14 +4,17 @@
 //! the store nemesis against the masters plus `kill -9` / restart of workers.
 //!
 //! Checks, after every fault is healed:
-//! - **fencing** — from the store's full event history (a watch from revision 1): every write
-//!   under `/resources/` committed at a revision where an election key existed; the write is
-//!   attributed to the leader of that revision (the smallest create revision under
-//!   `/crawler/election/`). Writes carry no writer tag, so this is the checkable part of "only the
-//!   leader's writes commit": the masters' fence (`CREATE(own election key) == its revision`)
-//!   makes a write commit only while its writer's key exists, and a key that won once stays the
-//!   smallest until it is deleted, so the writer is that leader. A write with no live election key
-//!   (a deposed master's write after its session expired) is a violation.
+//! - **fencing** — from the store's full event history (a watch from revision 1): the writes of
+//!   every revision with a write under `/resources/` were made by the leader of that revision.
+//!   Each master write is one txn guarded by the master's fence (`CREATE(own election key) ==
+//!   its create revision`) whose success branch also re-puts that election key with
+//!   `ignore_value`/`ignore_lease` (the writer tag), so the revision holds a PUT of the writer's
+//!   key. The check requires exactly one election-key PUT in every such revision, of a key that
+//!   existed before the revision with the tag's create revision and that was the leader then
+//!   (the smallest create revision under `/crawler/election/`). Violations: an untagged write,
+//!   a write tagged by a live key that is not the leader (a candidate's, or a deposed master's
+//!   campaigning again under a new key; the former check attributed such a write to the leader),
+//!   a tag of a key that did not exist (a write while no election key existed), several tags.
 //! - **resources** — every acknowledged add is in the history with the ID the client got and, if
 //!   no delete was sent for it, in the final state with that ID; every acknowledged delete is
 //!   gone; no resource key is deleted without a delete request, re-created, or written with
@@ -494,18 +497,22 @@ fn decode_resource(value: &str) -> Option<(String, String)> {
 pub struct FencingStats {
     /// Writes under `/resources/` checked.
     pub writes: usize,
-    /// `(election key, election value, first write revision, writes)` per leader that wrote.
+    /// `(writer's election key, its value, first write revision, writes)` per run of writes by
+    /// one writer, in revision order.
     pub epochs: Vec<(String, String, i64, usize)>,
 }
 
-/// The fencing check over a full event history (revision order): every write under
-/// `/resources/` happened while at least one election key existed; each is attributed to the
-/// key with the smallest create revision.
+/// The fencing check over a full event history (revision order). Every master write under
+/// `/resources/` re-puts the writer's own election key in the same txn (the writer tag), so every
+/// revision with a resource write must hold a PUT of exactly one election key, and that key must
+/// be the leader on the state before the revision: the live key under the election prefix with
+/// the smallest create revision, with the create revision the tag carries.
 pub fn check_fencing(history: &[SeenEvent]) -> (FencingStats, Vec<String>) {
     let mut stats = FencingStats::default();
     let mut violations = Vec::new();
     // key → (create revision, value)
     let mut election: HashMap<String, (i64, String)> = HashMap::new();
+    let name = |key: &str, value: &str| format!("{key} ({value})");
     let mut i = 0;
     while i < history.len() {
         let rev = history[i].rev;
@@ -520,23 +527,74 @@ pub fn check_fencing(history: &[SeenEvent]) -> (FencingStats, Vec<String>) {
             j += 1;
         }
         let group = &history[i..j];
-        // The fence is evaluated on the state before the revision: the leader then.
-        let leader = election
+        let writes: Vec<&SeenEvent> = group
             .iter()
-            .min_by_key(|(_, (c, _))| *c)
-            .map(|(k, (c, v))| (k.clone(), *c, v.clone()));
-        for e in group.iter().filter(|e| e.key.starts_with(RESOURCE_PREFIX)) {
-            stats.writes += 1;
-            match &leader {
-                None => violations.push(format!(
-                    "{} of {} at revision {rev} committed while no election key existed",
-                    if e.delete { "DELETE" } else { "PUT" },
-                    e.key
+            .filter(|e| e.key.starts_with(RESOURCE_PREFIX))
+            .collect();
+        if !writes.is_empty() {
+            // The fence is evaluated on the state before the revision: the leader then.
+            let leader = election
+                .iter()
+                .min_by_key(|(_, (c, _))| *c)
+                .map(|(k, (c, v))| (k.clone(), *c, v.clone()));
+            let tags: Vec<&SeenEvent> = group
+                .iter()
+                .filter(|e| e.key.starts_with(ELECTION_PREFIX) && !e.delete)
+                .collect();
+            let what = writes
+                .iter()
+                .map(|e| format!("{} of {}", if e.delete { "DELETE" } else { "PUT" }, e.key))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let leader_text = leader
+                .as_ref()
+                .map(|(k, c, v)| format!("{} created at {c}", name(k, v)))
+                .unwrap_or_else(|| "none (no election key existed)".into());
+            stats.writes += writes.len();
+            match tags.as_slice() {
+                [] => violations.push(format!(
+                    "{what} at revision {rev} carries no writer tag (no election-key PUT in the \
+                     same revision); leader then: {leader_text}"
                 )),
-                Some((key, _, value)) => match stats.epochs.last_mut() {
-                    Some((k, _, _, n)) if k == key => *n += 1,
-                    _ => stats.epochs.push((key.clone(), value.clone(), rev, 1)),
-                },
+                [tag] => {
+                    let writer = name(&tag.key, &tag.value);
+                    match election.get(&tag.key) {
+                        None => violations.push(format!(
+                            "{what} at revision {rev} tagged by {writer}, a key that did not \
+                             exist before the revision; leader then: {leader_text}"
+                        )),
+                        Some((created, _)) if *created != tag.create_rev => {
+                            violations.push(format!(
+                                "{what} at revision {rev} tagged by {writer} with create revision \
+                                 {}, but the live key was created at {created}",
+                                tag.create_rev
+                            ))
+                        }
+                        Some(_) => match &leader {
+                            Some((key, _, _)) if *key == tag.key => match stats.epochs.last_mut() {
+                                Some((k, _, _, n)) if *k == tag.key => *n += writes.len(),
+                                _ => stats.epochs.push((
+                                    tag.key.clone(),
+                                    tag.value.clone(),
+                                    rev,
+                                    writes.len(),
+                                )),
+                            },
+                            _ => violations.push(format!(
+                                "{what} at revision {rev} committed by {writer}, which was not \
+                                 the leader; leader then: {leader_text}"
+                            )),
+                        },
+                    }
+                }
+                many => violations.push(format!(
+                    "{what} at revision {rev} tagged by {} election keys: {}",
+                    many.len(),
+                    many.iter()
+                        .map(|e| name(&e.key, &e.value))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             }
         }
         for e in group.iter().filter(|e| e.key.starts_with(ELECTION_PREFIX)) {
@@ -1082,8 +1140,8 @@ pub async fn run_seed(cfg: &MasterRunConfig) -> RunReport {
             report.checks.push(Check::new(
                 "fencing",
                 format!(
-                    "{} writes under {RESOURCE_PREFIX} in {} leader epochs [{}]; each with a live \
-                     election key",
+                    "{} writes under {RESOURCE_PREFIX} in {} leader epochs [{}]; each tagged \
+                     by its writer's election key, the leader of its revision",
                     stats.writes,
                     stats.epochs.len(),
                     leaders.join(" ")
@@ -1183,19 +1241,28 @@ pub fn self_test() -> Vec<String> {
     };
     let e1 = "/crawler/election/1";
     let e2 = "/crawler/election/2";
+    // Each resource write carries its writer tag: a PUT of the writer's election key (same value
+    // and create revision) at the same revision.
     let good = vec![
         ev(2, e1, false, 2, "master1"),
         ev(3, e2, false, 3, "master2"),
         ev(4, "/resources/a", false, 4, &res("10", "w1|x")),
+        ev(4, e1, false, 2, "master1"),
         ev(5, e1, true, 0, ""),
         // master2 leads now; reassignment keeps the ID.
         ev(6, "/resources/a", false, 4, &res("10", "w2|x")),
+        ev(6, e2, false, 3, "master2"),
         ev(7, "/resources/b", false, 7, &res("11", "w2|x")),
+        ev(7, e2, false, 3, "master2"),
         ev(8, "/resources/b", true, 0, ""),
+        ev(8, e2, false, 3, "master2"),
     ];
     let (stats, v) = check_fencing(&good);
     expect("fencing, two leaders", v, true);
-    let epochs_ok = stats.epochs.len() == 2 && stats.writes == 4;
+    let epochs_ok = stats.epochs.len() == 2
+        && stats.writes == 4
+        && stats.epochs[0] == (e1.to_string(), "master1".to_string(), 4, 1)
+        && stats.epochs[1] == (e2.to_string(), "master2".to_string(), 6, 3);
     expect(
         "fencing epochs",
         if epochs_ok {
@@ -1205,17 +1272,50 @@ pub fn self_test() -> Vec<String> {
         },
         true,
     );
-    // A write after the only election key vanished (a deposed master whose session expired).
-    let mut unfenced = good.clone();
-    unfenced.insert(4, ev(6, e2, true, 0, ""));
-    for e in unfenced.iter_mut().skip(5) {
-        e.rev += 1;
-    }
+    // A write by a live election key that is not the leader (master2 writing while master1
+    // still leads): the weak check attributed it to master1 and passed it.
+    let mut deposed = good.clone();
+    deposed[3] = ev(4, e2, false, 3, "master2");
+    let (_, v) = check_fencing(&deposed);
+    let names_both = v.iter().any(|m| {
+        ["revision 4", e1, e2, "master1", "master2"]
+            .iter()
+            .all(|w| m.contains(w))
+    });
+    expect("fencing, write by a non-leader key", v.clone(), false);
     expect(
-        "fencing, write without leader",
-        check_fencing(&unfenced).1,
-        false,
+        "fencing, the violation names writer, leader and revision",
+        if names_both { Vec::new() } else { v },
+        true,
     );
+    // An untagged write.
+    let mut untagged = good.clone();
+    untagged.remove(6);
+    expect("fencing, untagged write", check_fencing(&untagged).1, false);
+    // Writes after every election key vanished (a deposed master whose session expired), tagged
+    // with its deleted key (as it was, or re-created by the tag) or untagged.
+    let gone = |tag: Option<SeenEvent>| {
+        let mut h = good[..7].to_vec();
+        h.push(ev(7, e2, true, 0, ""));
+        h.push(ev(8, "/resources/b", false, 8, &res("11", "w2|x")));
+        h.extend(tag);
+        h
+    };
+    for (what, tag) in [
+        ("stale tag", Some(ev(8, e2, false, 3, "master2"))),
+        ("re-created key", Some(ev(8, e2, false, 8, "master2"))),
+        ("untagged", None),
+    ] {
+        expect(
+            &format!("fencing, write without any election key ({what})"),
+            check_fencing(&gone(tag)).1,
+            false,
+        );
+    }
+    // Two writer tags in one revision.
+    let mut two = good.clone();
+    two.insert(4, ev(4, e2, false, 3, "master2"));
+    expect("fencing, two writer tags", check_fencing(&two).1, false);
     let ops = vec![
         op("a", true, Outcome::Ok, Some("10")),
         op("b", true, Outcome::Ok, Some("11")),
@@ -1232,7 +1332,7 @@ pub fn self_test() -> Vec<String> {
     );
     // Re-identified: reassignment changed the ID.
     let mut changed = good.clone();
-    changed[4] = ev(6, "/resources/a", false, 4, &res("12", "w2|x"));
+    changed[5] = ev(6, "/resources/a", false, 4, &res("12", "w2|x"));
     expect(
         "resources, ID changed",
         check_resources(&ops, &changed, &fin),
