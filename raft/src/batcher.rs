@@ -1,19 +1,17 @@
 //! Group proposal on the leader: concurrent writes share one raft log entry.
 //!
-//! openraft appends (and flushes) one log entry per `client_write`, and the state machine
-//! persists once per `apply` call, so per-write cost does not shrink with concurrency. The
-//! proposer task takes the first queued write, drains whatever else is already queued (bounded
-//! by count and size) and proposes them as one `Command::Batch`; each caller gets its own
-//! `ApplyResponse` back. Several proposals stay in flight, so a lone writer waits for nothing
-//! but its own commit, and under load the queue that builds up while proposals are in flight
-//! becomes the next batch.
+//! openraft 0.9 appends one log entry per `client_write` and waits for its flush inside its core
+//! loop, and the state machine persists once per `apply` call, so per-write cost does not shrink
+//! with concurrency. The proposer task gathers queued writes (bounded by count and size) and
+//! proposes them as one `Command::Batch`; each caller gets its own `ApplyResponse` back. A lone
+//! writer waits for nothing but its own commit; under load the queue that builds up while a
+//! proposal is in flight becomes the next batch.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crawler_storage::{ApplyResponse, Command, CommandResult, RequestOp, TxnRequest};
 use openraft::Raft;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::node::write_err_to_wire;
@@ -21,11 +19,13 @@ use crate::wire::WireError;
 use crate::TypeConfig;
 
 /// Most commands in one proposal.
-const MAX_BATCH_COMMANDS: usize = 256;
+const MAX_BATCH_COMMANDS: usize = 1024;
 /// A proposal stops taking commands once their estimated encoded size reaches this.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals submitted to raft and not yet answered.
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 2;
+/// A proposal is made while another is in flight only once it holds this many commands.
+const PIPELINE_MIN_COMMANDS: usize = 32;
 /// Writes queued for the proposer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -79,60 +79,94 @@ impl Batcher {
     }
 }
 
-/// The proposer loop: one proposal per round, at most `MAX_IN_FLIGHT` unanswered.
+/// The batch being gathered for the next proposal.
+#[derive(Default)]
+struct Gathering {
+    batch: Vec<Pending>,
+    bytes: usize,
+    /// Takes no more commands (full, or it holds a caller's own batch command).
+    closed: bool,
+}
+
+impl Gathering {
+    /// Add `p` if it fits; otherwise close the batch and hand `p` back.
+    fn offer(&mut self, p: Pending) -> Option<Pending> {
+        let size = approx_size(&p.cmd);
+        // A batch command from a caller is proposed alone: batches never nest.
+        let alone = matches!(p.cmd, Command::Batch(_));
+        if self.batch.is_empty() {
+            self.closed = alone;
+        } else if self.closed || alone || self.bytes + size > MAX_BATCH_BYTES {
+            self.closed = true;
+            return Some(p);
+        }
+        self.bytes += size;
+        self.batch.push(p);
+        if self.batch.len() >= MAX_BATCH_COMMANDS || self.bytes >= MAX_BATCH_BYTES {
+            self.closed = true;
+        }
+        None
+    }
+}
+
+/// The proposer loop.
+///
+/// openraft 0.9 appends and flushes one `client_write` at a time inside its core loop, so many
+/// small proposals in flight only queue there, one flush each. The proposer therefore proposes
+/// when raft is idle (nothing of ours in flight), and makes a second, overlapping proposal only
+/// once the writes that queued meanwhile fill a sizeable batch (so one flush overlaps the
+/// previous proposal's apply). Everything else waits and joins the next batch.
 async fn proposer(
     raft: Raft<TypeConfig>,
     mut rx: mpsc::Receiver<Pending>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // A write taken from the queue that did not fit the previous proposal.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut in_flight = 0usize;
+    // A write taken from the queue that did not fit the gathering batch.
     let mut carry: Option<Pending> = None;
+    let mut next = Gathering::default();
+    let mut queue_open = true;
     loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => p,
-                    None => return,
-                },
-                _ = shutdown.wait_for(|s| *s) => return,
-            },
-        };
-        // Waiting for a free slot is what lets the next batch grow under load.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let mut batch = vec![first];
-        // A batch command from a caller is proposed alone: batches never nest.
-        if !matches!(batch[0].cmd, Command::Batch(_)) {
-            let mut bytes = approx_size(&batch[0].cmd);
-            while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-                let Ok(p) = rx.try_recv() else { break };
-                let size = approx_size(&p.cmd);
-                if matches!(p.cmd, Command::Batch(_)) || bytes + size > MAX_BATCH_BYTES {
-                    carry = Some(p);
-                    break;
-                }
-                bytes += size;
-                batch.push(p);
+        if let Some(p) = carry.take() {
+            carry = next.offer(p);
+        }
+        while carry.is_none() && !next.closed {
+            match rx.try_recv() {
+                Ok(p) => carry = next.offer(p),
+                Err(_) => break,
             }
         }
         // Callers that already gave up (timed out, cancelled) have an unknown outcome either
         // way: not proposing their writes saves work under overload.
-        batch.retain(|p| !p.tx.is_closed());
-        if batch.is_empty() {
+        next.batch.retain(|p| !p.tx.is_closed());
+        let ready = !next.batch.is_empty()
+            && (in_flight == 0
+                || (in_flight < MAX_IN_FLIGHT
+                    && (next.closed || next.batch.len() >= PIPELINE_MIN_COMMANDS)));
+        if ready {
+            let batch = std::mem::take(&mut next).batch;
+            in_flight += 1;
+            let raft = raft.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                propose(&raft, batch).await;
+                let _ = done.send(());
+            });
             continue;
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            propose(&raft, batch).await;
-            drop(permit);
-        });
+        if !queue_open && next.batch.is_empty() && carry.is_none() && in_flight == 0 {
+            return;
+        }
+        let take_more = queue_open && carry.is_none() && !next.closed;
+        tokio::select! {
+            _ = done_rx.recv() => in_flight = in_flight.saturating_sub(1),
+            p = rx.recv(), if take_more => match p {
+                Some(p) => carry = next.offer(p),
+                None => queue_open = false,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
     }
 }
 

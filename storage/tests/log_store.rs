@@ -346,6 +346,28 @@ async fn hole_ends_a_read() {
     );
 }
 
+/// Reopening cuts the log at a hole, so the log state never names an entry after a gap.
+#[tokio::test]
+async fn reopen_cuts_the_log_at_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, mut store) = open(dir.path());
+        store.blocking_append(entries(1, 1..=6)).await.unwrap();
+        db.open_tree(LOG_TREE)
+            .unwrap()
+            .remove(4u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (_db, mut store) = open(dir.path());
+    assert_eq!(
+        vec![1, 2, 3],
+        indexes(&store.try_get_log_entries(..).await.unwrap())
+    );
+    let st = store.get_log_state().await.unwrap();
+    assert_eq!(Some(log_id(1, 3)), st.last_log_id);
+}
+
 /// The fdatasync variant flushes through sled's data file and keeps everything readable.
 #[tokio::test]
 async fn synced_store_appends_and_reopens() {
