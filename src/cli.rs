@@ -161,7 +161,7 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
     /// Number of committed transactions to trigger a snapshot to disk.
-    #[arg(long, default_value_t = 10000)]
+    #[arg(long, default_value_t = 100000)]
     pub snapshot_count: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1536 * 1024)]

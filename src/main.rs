@@ -9,9 +9,9 @@ use crawler::cli::{Cli, Command, StoreArgs};
 use crawler::member::Member;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: far less CPU per request than glibc malloc under many concurrent clients.
+/// jemalloc: far less CPU per request than glibc malloc under many concurrent clients.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
