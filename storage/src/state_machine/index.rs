@@ -1,10 +1,15 @@
 //! In-memory key index: for every key, the revisions of its stored versions (like etcd's keyIndex).
 //!
-//! Values are not kept here; they are read from sled on demand. Generations are implicit: a
-//! tombstone entry ends one, the next put starts another.
+//! Only the newest live version of each key is kept in memory (writes need it for create
+//! revision, version, lease and prev_kv, and most reads are at the current revision); older
+//! versions are read from sled on demand. Generations are implicit: a tombstone entry ends one,
+//! the next put starts another.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::types::KeyValue;
 
 /// A revision: `main` is the store revision, `sub` orders the changes inside it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,6 +31,8 @@ pub(crate) struct KeyIndex {
     pub revs: Vec<IdxEntry>,
     /// Lease of the current version (0 if none or if the key is deleted).
     pub lease: i64,
+    /// The newest version's key-value when it is live (`None` after a delete).
+    pub cur: Option<Arc<KeyValue>>,
 }
 
 impl KeyIndex {
@@ -38,6 +45,14 @@ impl KeyIndex {
     /// Revision of the version visible at `at`, if the key exists then.
     pub fn live_at(&self, at: i64) -> Option<Rev> {
         self.at(at).filter(|e| !e.tombstone).map(|e| e.rev)
+    }
+
+    /// The in-memory copy of the version at `rev`, if `rev` is the newest, live version.
+    pub fn cached(&self, rev: Rev) -> Option<&KeyValue> {
+        match (self.revs.last(), &self.cur) {
+            (Some(e), Some(kv)) if e.rev == rev && !e.tombstone => Some(kv),
+            _ => None,
+        }
     }
 
     /// True when the newest entry is a live version.
@@ -126,6 +141,7 @@ mod tests {
                 e(6, 0, false),
             ],
             lease: 0,
+            cur: None,
         };
         let mut removed = vec![];
         ki.compact(3, &mut removed);

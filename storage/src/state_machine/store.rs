@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use openraft::LogId;
 
@@ -14,7 +15,7 @@ use crate::error::{ApplyError, StoreError};
 use crate::types::*;
 
 use super::codec::{self, Row};
-use super::index::{in_range, range_iter, IdxEntry, Index, Rev};
+use super::index::{in_range, range_iter, IdxEntry, Index, KeyIndex, Rev};
 use super::lease::{LeaseEntry, LeaseTable};
 
 /// Why an operation stopped: a deterministic etcd error, or a storage failure.
@@ -106,6 +107,7 @@ impl State {
                         tombstone: row.tombstone,
                     });
                     ki.lease = if row.tombstone { 0 } else { row.kv.lease };
+                    ki.cur = (!row.tombstone).then(|| Arc::new(row.kv));
                     max_rev = max_rev.max(rev.main);
                 }
                 Some(codec::META) => match std::str::from_utf8(&k[1..]) {
@@ -166,10 +168,21 @@ impl View<'_> {
         Ok(self.row(rev)?.kv)
     }
 
+    /// The version of `ki`'s key at `rev`: from memory when it is the newest, else from sled.
+    fn kv_of(&self, ki: &KeyIndex, rev: Rev) -> Result<KeyValue, StoreError> {
+        match ki.cached(rev) {
+            Some(kv) => Ok(kv.clone()),
+            None => self.kv(rev),
+        }
+    }
+
     /// The version of `key` visible at `at`.
     pub fn get(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, StoreError> {
-        match self.st.index.get(key).and_then(|ki| ki.live_at(at)) {
-            Some(rev) => self.kv(rev).map(Some),
+        let Some(ki) = self.st.index.get(key) else {
+            return Ok(None);
+        };
+        match ki.live_at(at) {
+            Some(rev) => self.kv_of(ki, rev).map(Some),
             None => Ok(None),
         }
     }
@@ -177,8 +190,8 @@ impl View<'_> {
     /// Every live version in the etcd range at `at`, in key order.
     pub fn live_kvs(&self, key: &[u8], end: &[u8], at: i64) -> Result<Vec<KeyValue>, StoreError> {
         range_iter(&self.st.index, key, end)
-            .filter_map(|(_, ki)| ki.live_at(at))
-            .map(|rev| self.kv(rev))
+            .filter_map(|(_, ki)| ki.live_at(at).map(|rev| (ki, rev)))
+            .map(|(ki, rev)| self.kv_of(ki, rev))
             .collect()
     }
 
@@ -215,7 +228,7 @@ impl View<'_> {
             if let Some(rev) = ki.live_at(at) {
                 count += 1;
                 if !req.count_only && revs.len() < want {
-                    revs.push(rev);
+                    revs.push((ki, rev));
                 }
             }
         }
@@ -228,7 +241,7 @@ impl View<'_> {
         }
         let mut kvs = revs
             .into_iter()
-            .map(|r| self.kv(r))
+            .map(|(ki, r)| self.kv_of(ki, r))
             .collect::<Result<Vec<_>, _>>()?;
         if req.max_mod_revision != 0 {
             kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
@@ -465,10 +478,11 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 
 /// One in-memory change, recorded so that a failed command can be rolled back.
 enum Undo {
-    /// An entry was pushed to `key`'s index; its lease field was `old_lease`.
+    /// An entry was pushed to `key`'s index; its lease and current value were these.
     Index {
         key: Vec<u8>,
         old_lease: i64,
+        old_cur: Option<Arc<KeyValue>>,
     },
     Attached {
         id: i64,
@@ -550,15 +564,18 @@ impl<'a> WriteCtx<'a> {
             .push((codec::row_key(rev).to_vec(), Some(codec::encode(&row)?)));
         let key = row.kv.key.clone();
         let tombstone = row.tombstone;
-        self.st.pending.insert(rev, row);
         self.undo.push(Undo::Pending(rev));
+        let cur = (!tombstone).then(|| Arc::new(row.kv.clone()));
+        self.st.pending.insert(rev, row);
         let ki = self.st.index.entry(key.clone()).or_default();
         let old_lease = ki.lease;
         ki.revs.push(IdxEntry { rev, tombstone });
         ki.lease = lease;
+        let old_cur = std::mem::replace(&mut ki.cur, cur);
         self.undo.push(Undo::Index {
             key: key.clone(),
             old_lease,
+            old_cur,
         });
         // Move the key from its old lease to the new one.
         if old_lease != 0 && self.st.leases.detach(old_lease, &key) {
@@ -795,11 +812,16 @@ impl<'a> WriteCtx<'a> {
     pub fn rollback(mut self) {
         while let Some(u) = self.undo.pop() {
             match u {
-                Undo::Index { key, old_lease } => {
+                Undo::Index {
+                    key,
+                    old_lease,
+                    old_cur,
+                } => {
                     let now_empty = match self.st.index.get_mut(&key) {
                         Some(ki) => {
                             ki.revs.pop();
                             ki.lease = old_lease;
+                            ki.cur = old_cur;
                             ki.revs.is_empty()
                         }
                         None => false,
