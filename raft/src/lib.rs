@@ -12,6 +12,7 @@ mod membership;
 mod meta;
 mod network;
 mod node;
+mod read_index;
 mod server;
 mod wire;
 

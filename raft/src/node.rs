@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use crawler_storage::{
     ApplyObserver, ApplyResponse, Command, LogStore, MemberAttrs, StateMachine, StoreReader,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError};
+use openraft::error::{ClientWriteError, Fatal, InitializeError};
 use openraft::{Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::batcher::Batcher;
 use crate::network::{CallError, PeerClients, PeerNetwork, Rpc};
+use crate::read_index::ReadIndex;
 use crate::wire::{
     decode, encode, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply,
     ReadIndexRequest, WireError, WireMember,
@@ -82,6 +83,8 @@ pub(crate) struct Inner {
     shutdown_tx: watch::Sender<bool>,
     /// Group proposal: every write made on this member as leader goes through it.
     batcher: Batcher,
+    /// Shared read-index rounds: every read index served by this member as leader.
+    read_index: ReadIndex,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     server: parking_lot::Mutex<Option<JoinHandle<()>>>,
     stopped: AtomicBool,
@@ -107,7 +110,7 @@ pub(crate) fn normalize_url(u: &str) -> String {
     u.trim().trim_end_matches('/').to_string()
 }
 
-fn fatal_to_wire(f: Fatal<NodeId>) -> WireError {
+pub(crate) fn fatal_to_wire(f: Fatal<NodeId>) -> WireError {
     match f {
         Fatal::Stopped => WireError::Stopped,
         other => WireError::Other(format!("raft failed: {other}")),
@@ -410,6 +413,7 @@ pub(crate) async fn start(
         leader_tx: Arc::new(leader_tx),
         shutdown_tx,
         batcher,
+        read_index: ReadIndex::default(),
         tasks: parking_lot::Mutex::new(vec![proposer]),
         server: Default::default(),
         stopped: AtomicBool::new(false),
@@ -702,17 +706,9 @@ impl Inner {
 
     /// Confirm leadership with a quorum and return the index a linearizable read must wait for.
     pub(crate) async fn read_index_on_leader(&self, timeout: Duration) -> Result<u64, WireError> {
-        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
-            Err(_) => Err(WireError::QuorumLost),
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(OrRaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(WireError::NotLeader(f.leader_id))
-            }
-            Ok(Err(OrRaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(WireError::QuorumLost)
-            }
-            Ok(Err(OrRaftError::Fatal(f))) => Err(fatal_to_wire(f)),
-        }
+        self.read_index
+            .read_index(&self.raft, timeout, self.request_timeout())
+            .await
     }
 
     /// Linearizable read barrier (see `RaftNode::read_barrier`).

@@ -522,3 +522,31 @@ async fn concurrent_writes_get_their_own_results() {
     ));
     c.shutdown_all().await;
 }
+
+/// Concurrent linearizable reads share read-index rounds on the leader; a read that starts after
+/// a write was acknowledged must still see it, on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_see_acknowledged_writes() {
+    let mut c = Cluster::start(3, 1000).await;
+    c.leader().await;
+    const N: usize = 90;
+    let tasks = (0..N).map(|i| {
+        let writer = c.node(i % 3).clone();
+        let reader = c.node((i + 1) % 3).clone();
+        async move {
+            for round in 0..3 {
+                let key = format!("r/{i:03}");
+                let value = format!("v{round}");
+                writer.write(put(&key, &value)).await.expect("write");
+                reader.read_barrier().await.expect("read barrier");
+                assert_eq!(
+                    get(&reader, &key).as_deref(),
+                    Some(value.as_bytes()),
+                    "key {key} round {round} on the reader right after the write"
+                );
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+    c.shutdown_all().await;
+}
