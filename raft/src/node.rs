@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::batcher::Batcher;
 use crate::network::{CallError, PeerClients, PeerNetwork, Rpc};
-use crate::read_index::ReadIndex;
+use crate::read_index::{Coalescer, ReadIndex};
 use crate::wire::{
     decode, encode, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply,
     ReadIndexRequest, WireError, WireMember,
@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     batcher: Batcher,
     /// Shared read-index rounds: every read index served by this member as leader.
     read_index: ReadIndex,
+    /// Shared read-index steps of this member's read barriers (local or forwarded).
+    barrier_rounds: Coalescer<Result<u64, String>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     server: parking_lot::Mutex<Option<JoinHandle<()>>>,
     stopped: AtomicBool,
@@ -414,6 +416,7 @@ pub(crate) async fn start(
         shutdown_tx,
         batcher,
         read_index: ReadIndex::default(),
+        barrier_rounds: Coalescer::default(),
         tasks: parking_lot::Mutex::new(vec![proposer]),
         server: Default::default(),
         stopped: AtomicBool::new(false),
@@ -712,14 +715,31 @@ impl Inner {
     }
 
     /// Linearizable read barrier (see `RaftNode::read_barrier`).
-    pub(crate) async fn read_barrier(&self) -> Result<(), RaftError> {
+    ///
+    /// The read-index step is shared by the barriers waiting at one moment (one local round or
+    /// one forwarded RPC for all of them; see `read_index`).
+    pub(crate) async fn read_barrier(self: &Arc<Self>) -> Result<(), RaftError> {
         let deadline = Instant::now() + self.request_timeout();
-        let index = match self
-            .run_on_leader_until(LeaderOp::ReadIndex, deadline)
-            .await?
-        {
-            LeaderOk::ReadIndex(i) => i,
-            other => return Err(RaftError::Internal(format!("unexpected reply {other:?}"))),
+        let inner = Arc::clone(self);
+        let shared = self.barrier_rounds.call(move || {
+            let inner = Arc::clone(&inner);
+            Box::pin(async move {
+                let deadline = Instant::now() + inner.request_timeout();
+                match inner
+                    .run_on_leader_until(LeaderOp::ReadIndex, deadline)
+                    .await
+                {
+                    Ok(LeaderOk::ReadIndex(i)) => Ok(i),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                    Err(e) => Err(shareable(&e)),
+                }
+            })
+        });
+        let index = match tokio::time::timeout_at(deadline.into(), shared).await {
+            Err(_) => return Err(RaftError::Timeout),
+            Ok(None) => return Err(RaftError::Stopped),
+            Ok(Some(Ok(i))) => i,
+            Ok(Some(Err(e))) => return Err(unshare(e)),
         };
         if index == 0 {
             return Ok(());
@@ -859,4 +879,20 @@ impl Inner {
         raft_res.map_err(|e| RaftError::Internal(format!("raft shutdown: {e}")))?;
         Ok(())
     }
+}
+
+/// The text a shared read-index error travels as (`RaftError` is not `Clone`): the etcd error
+/// strings of the variants a read barrier can end with, so `unshare` gets the variant back.
+fn shareable(e: &RaftError) -> String {
+    e.to_string()
+}
+
+/// The error a waiter of a shared read-index step gets back from `shareable`'s text.
+fn unshare(text: String) -> RaftError {
+    for e in [RaftError::NoLeader, RaftError::Timeout, RaftError::Stopped] {
+        if e.to_string() == text {
+            return e;
+        }
+    }
+    RaftError::Internal(text)
 }
