@@ -14,6 +14,8 @@
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
 
@@ -40,7 +42,7 @@ use crawler::worker::{TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, Worke
 use etcd_support::EtcdServer;
 use our_store::OurStore;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -593,28 +595,8 @@ impl Hang {
     }
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect HTTP");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("send request");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, body.to_string())
-}
-
 async fn task_rows(w: &Worker) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(w.http_addr(), "/tasks").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("JSON array")
+    http_support::tasks_json(w.http_addr()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
 
@@ -30,7 +32,6 @@ use crawler::worker::{
 use etcd_support::{EtcdServer, TcpProxy};
 use our_store::OurStore;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(20);
@@ -146,29 +147,8 @@ where
     }
 }
 
-/// `GET path` on a local HTTP server; returns (status, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect HTTP");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("send request");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, body.to_string())
-}
-
 async fn tasks_json(w: &Worker) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(w.http_addr(), "/tasks").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("GET /tasks is a JSON array")
+    http_support::tasks_json(w.http_addr()).await
 }
 
 /// The exact go-micro JSON of a worker registration.
@@ -298,7 +278,7 @@ async fn follows_assignments(client: Arc<dyn KvClient>) {
             .is_some_and(|d| d.contains("no task named")),
         "{zzz}"
     );
-    let (status, body) = http_get(worker.http_addr(), "/health").await;
+    let (status, body) = http_support::http_get(worker.http_addr(), "/health").await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
     assert_eq!(health["status"], "ok");
@@ -446,7 +426,7 @@ async fn stops_runs_when_cut_off(target: std::net::SocketAddr, direct: Arc<dyn K
         "stopped too early: {:?}",
         cut.elapsed()
     );
-    let (status, body) = http_get(worker.http_addr(), "/tasks").await;
+    let (status, body) = http_support::http_get(worker.http_addr(), "/tasks").await;
     assert_eq!((status, body.as_str()), (200, "[]"));
     // The store is unreachable: deregistration fails and is reported (the lease expires anyway).
     assert!(worker.shutdown().await.is_err());
