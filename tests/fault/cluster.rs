@@ -843,3 +843,35 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Put `key` (retrying on any member for up to 20 s) and return the revision of the put: the
+/// end of a run's history, written after the heal.
+pub async fn write_sentinel(topology: &Topology, key: &str) -> Result<i64, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    let mut attempt = 0;
+    while Instant::now() < deadline {
+        let url = topology.url(attempt);
+        attempt += 1;
+        let Ok(ch) = channel(&url) else { continue };
+        let mut kv = KvClient::new(ch);
+        let t = Duration::from_secs(2);
+        let put = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"end".to_vec(),
+            ..Default::default()
+        };
+        match tokio::time::timeout(t, kv.put(req(put, t))).await {
+            Ok(Ok(r)) => {
+                if let Some(h) = r.into_inner().header {
+                    return Ok(h.revision);
+                }
+                last = "no header".into();
+            }
+            Ok(Err(s)) => last = format!("{:?} {}", s.code(), s.message()),
+            Err(_) => last = "timeout".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
+}

@@ -20,10 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crawler_proto::etcdserverpb as pb;
-use crawler_proto::etcdserverpb::kv_client::KvClient;
 use fault::checker::{check_with, CheckConfig, Verdict};
-use fault::cluster::{channel, req, ClusterConfig, FaultCluster, Topology};
+use fault::cluster::{write_sentinel, ClusterConfig, FaultCluster};
 use fault::history::{fmt_time, History, Outcome, Recorder};
 use fault::lease_check::{self, LeaseConfig, LeaseWorkload};
 use fault::master_check::{self, MasterRunConfig};
@@ -415,7 +413,7 @@ async fn run_seed(opts: &Opts, seed: u64) -> RunReport {
     .await;
 
     // End of history: a sentinel write, then watchers and reference histories up to it.
-    let until_rev = match sentinel(&topology).await {
+    let until_rev = match write_sentinel(&topology, SENTINEL_KEY).await {
         Ok(r) => r,
         Err(e) => {
             liveness.push(format!("sentinel write failed: {e}"));
@@ -696,35 +694,4 @@ fn quiet_failures(history: &History, from: u64, to: u64) -> Vec<String> {
         })
         .map(|(i, op)| format!("quiet window: {}", op.describe(i)))
         .collect()
-}
-
-/// Write the sentinel key (retrying on any member) and return its revision.
-async fn sentinel(topology: &Topology) -> Result<i64, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    let mut attempt = 0;
-    while Instant::now() < deadline {
-        let url = topology.url(attempt);
-        attempt += 1;
-        let Ok(ch) = channel(&url) else { continue };
-        let mut kv = KvClient::new(ch);
-        let t = Duration::from_secs(2);
-        let put = pb::PutRequest {
-            key: SENTINEL_KEY.as_bytes().to_vec(),
-            value: b"end".to_vec(),
-            ..Default::default()
-        };
-        match tokio::time::timeout(t, kv.put(req(put, t))).await {
-            Ok(Ok(r)) => {
-                if let Some(h) = r.into_inner().header {
-                    return Ok(h.revision);
-                }
-                last = "no header".into();
-            }
-            Ok(Err(s)) => last = format!("{:?} {}", s.code(), s.message()),
-            Err(_) => last = "timeout".into(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(last)
 }

@@ -38,7 +38,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use super::cluster::{channel, free_port, req, ClusterConfig, FaultCluster, Topology};
+use super::cluster::{
+    channel, free_port, req, write_sentinel, ClusterConfig, FaultCluster, Topology,
+};
 use super::history::{fmt_time, OutcomeCounts, Recorder};
 use super::nemesis::{utc_now, FaultKind, Nemesis};
 use super::report::{Check, RunReport};
@@ -448,37 +450,6 @@ async fn range_prefix(
             Ok(Err(s)) => last = format!("{:?} {}", s.code(), s.message()),
             Err(_) => last = "timeout".into(),
         }
-    }
-    Err(last)
-}
-
-/// Write the sentinel key on any member; its revision.
-async fn sentinel(topology: &Topology) -> Result<i64, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    let mut attempt = 0;
-    while Instant::now() < deadline {
-        let url = topology.url(attempt);
-        attempt += 1;
-        let Ok(ch) = channel(&url) else { continue };
-        let mut kv = KvClient::new(ch);
-        let t = Duration::from_secs(2);
-        let put = pb::PutRequest {
-            key: SENTINEL_KEY.as_bytes().to_vec(),
-            value: b"end".to_vec(),
-            ..Default::default()
-        };
-        match tokio::time::timeout(t, kv.put(req(put, t))).await {
-            Ok(Ok(r)) => {
-                if let Some(h) = r.into_inner().header {
-                    return Ok(h.revision);
-                }
-                last = "no header".into();
-            }
-            Ok(Err(s)) => last = format!("{:?} {}", s.code(), s.message()),
-            Err(_) => last = "timeout".into(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(last)
 }
@@ -1046,7 +1017,7 @@ pub async fn run_seed(cfg: &MasterRunConfig) -> RunReport {
             None
         }
     };
-    let history = match sentinel(&topology).await {
+    let history = match write_sentinel(&topology, SENTINEL_KEY).await {
         Ok(until_rev) => {
             let url = topology.url(0);
             match watch_check::fetch_history(
