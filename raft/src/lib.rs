@@ -116,7 +116,7 @@ pub struct LogState {
 }
 
 /// Errors of the raft layer, as the API layer maps them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RaftError {
     #[error("etcdserver: no leader")]
     NoLeader,

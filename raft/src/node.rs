@@ -86,7 +86,7 @@ pub(crate) struct Inner {
     /// Shared read-index rounds: every read index served by this member as leader.
     read_index: ReadIndex,
     /// Shared read-index steps of this member's read barriers (local or forwarded).
-    barrier_rounds: Coalescer<Result<u64, String>>,
+    barrier_rounds: Coalescer<Result<u64, RaftError>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     server: parking_lot::Mutex<Option<JoinHandle<()>>>,
     stopped: AtomicBool,
@@ -730,8 +730,8 @@ impl Inner {
                     .await
                 {
                     Ok(LeaderOk::ReadIndex(i)) => Ok(i),
-                    Ok(other) => Err(format!("unexpected reply {other:?}")),
-                    Err(e) => Err(shareable(&e)),
+                    Ok(other) => Err(RaftError::Internal(format!("unexpected reply {other:?}"))),
+                    Err(e) => Err(e),
                 }
             })
         });
@@ -739,7 +739,7 @@ impl Inner {
             Err(_) => return Err(RaftError::Timeout),
             Ok(None) => return Err(RaftError::Stopped),
             Ok(Some(Ok(i))) => i,
-            Ok(Some(Err(e))) => return Err(unshare(e)),
+            Ok(Some(Err(e))) => return Err(e),
         };
         if index == 0 {
             return Ok(());
@@ -879,20 +879,4 @@ impl Inner {
         raft_res.map_err(|e| RaftError::Internal(format!("raft shutdown: {e}")))?;
         Ok(())
     }
-}
-
-/// The text a shared read-index error travels as (`RaftError` is not `Clone`): the etcd error
-/// strings of the variants a read barrier can end with, so `unshare` gets the variant back.
-fn shareable(e: &RaftError) -> String {
-    e.to_string()
-}
-
-/// The error a waiter of a shared read-index step gets back from `shareable`'s text.
-fn unshare(text: String) -> RaftError {
-    for e in [RaftError::NoLeader, RaftError::Timeout, RaftError::Stopped] {
-        if e.to_string() == text {
-            return e;
-        }
-    }
-    RaftError::Internal(text)
 }

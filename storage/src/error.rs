@@ -24,7 +24,7 @@ pub enum ApplyError {
 }
 
 /// Any error of the storage layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
