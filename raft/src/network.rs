@@ -355,9 +355,8 @@ mod tests {
         assert!(matches!(res, Err(CallError::NotDelivered(_))), "{res:?}");
     }
 
-    #[tokio::test]
-    async fn silent_peer_times_out() {
-        // A listener that accepts but never speaks HTTP/2.
+    /// A listener that accepts connections but never speaks HTTP/2; abort the task to close it.
+    async fn silent_listener() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
             Err(e) => panic!("bind: {e}"),
@@ -372,6 +371,12 @@ mod tests {
                 conns.push(s);
             }
         });
+        (addr, hold)
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out() {
+        let (addr, hold) = silent_listener().await;
         let clients = PeerClients::new(Duration::from_millis(500));
         let res = clients
             .call(
@@ -394,20 +399,7 @@ mod tests {
             Ok(a) => a.port(),
             Err(e) => panic!("bind: {e}"),
         };
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => panic!("bind: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("addr: {e}"),
-        };
-        let hold = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                conns.push(s);
-            }
-        });
+        let (addr, hold) = silent_listener().await;
         let advertised = format!("http://127.0.0.1:{refused}");
         let overrides = HashMap::from([(format!("{advertised}/"), format!("http://{addr}"))]);
         let clients = PeerClients::with_overrides(Duration::from_millis(500), &overrides);
