@@ -13,14 +13,28 @@ pub use log_store::LogStore;
 pub use state_machine::{ApplyObserver, StateMachine, StoreReader};
 pub use types::*;
 
-/// Open (or create) the sled database of one member under `dir`.
+/// Open (or create) a member's state machine database (or any sled database) under `dir`.
 ///
 /// The cache is kept small on purpose: values are read from sled's page cache on demand and the
 /// process should stay lighter than etcd.
 pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
+    open_with_cache(dir, 64 * 1024 * 1024)
+}
+
+/// Open (or create) a member's raft log database under `dir`.
+///
+/// The log lives in a sled database of its own so that its group flush waits only for log
+/// writes, not for the state machine's (sled makes an LSN durable only after everything before
+/// it in the same database). Only recent entries are read back (replication), so the cache is
+/// small.
+pub fn open_log_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
+    open_with_cache(dir, 16 * 1024 * 1024)
+}
+
+fn open_with_cache(dir: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let db = sled::Config::new()
         .path(dir)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(cache_bytes)
         .mode(sled::Mode::HighThroughput)
         .open()?;
     Ok(db)

@@ -1,10 +1,17 @@
 //! The MVCC state machine over sled: etcd's revisions, key history, compaction, leases and
 //! member attributes, plus raft snapshots. Implements openraft's `RaftStateMachine<C>`.
 //!
-//! Layout: one sled tree (`sm`) holds every row (see `codec`); one `apply()` call changes it with
-//! one atomic `sled::Batch` that also carries the applied log id, so the applied id never gets
-//! ahead of the data. The key index and lease table live in memory and are rebuilt at `open`.
-//! The last snapshot is kept in its own tree (`sm_snapshot`).
+//! Layout: one sled tree (`sm`) holds every row (see `codec`). Applied changes are written to it
+//! in groups (every 10 ms or 10000 row writes, see `store::State::persist`), each one atomic
+//! `sled::Batch` that also carries the applied log id, so the applied id never gets ahead of the
+//! data. The key index, the lease table and the rows not yet written live in memory; the index
+//! and leases are rebuilt at `open`. The last snapshot is kept in its own tree (`sm_snapshot`).
+//!
+//! Durability: applies are neither written at once nor flushed (like etcd's batched backend
+//! commits). The raft log holds every committed entry durably, and openraft re-applies the
+//! entries after the applied id it reads back at start, so a crash only costs replay. A snapshot
+//! writes and flushes everything (with `open_synced` also fdatasyncs) before it is handed to
+//! openraft, which may purge the log up to it. Dropping the state machine writes what is left.
 
 mod codec;
 mod index;
@@ -48,6 +55,8 @@ pub trait ApplyObserver: Send + Sync + 'static {
 /// State shared by the state machine, its readers and snapshot builders.
 struct Shared {
     db: sled::Db,
+    /// sled's data file, fdatasynced after each snapshot flush (see `StateMachine::open_synced`).
+    sync_file: Option<std::fs::File>,
     tree: sled::Tree,
     snap_tree: sled::Tree,
     state: RwLock<State>,
@@ -60,22 +69,20 @@ impl Shared {
         self.observer.lock().clone()
     }
 
-    /// Apply entries under the write lock, persist them in one batch, then (lock released) tell
-    /// the observer.
+    /// Apply entries under the write lock, write the applied changes to sled when a group is
+    /// due, then (lock released) tell the observer.
     fn apply(&self, items: Vec<(LogId<u64>, Item)>) -> Result<Vec<ApplyResponse>, StoreError> {
         let (responses, notify) = {
             let mut st = self.state.write();
-            let staged = store::apply_entries(&mut st, &self.tree, items).and_then(
-                |(responses, batch, notify)| {
-                    self.tree.apply_batch(batch)?;
-                    Ok((responses, notify))
-                },
-            );
-            st.pending.clear();
+            let staged = match store::apply_entries(&mut st, &self.tree, items) {
+                Ok(done) if st.persist_due() => st.persist(&self.tree).map(|()| done),
+                other => other,
+            };
             match staged {
                 Ok(v) => v,
                 Err(e) => {
-                    // Memory is ahead of disk now: go back to what disk holds.
+                    // Memory is ahead of disk now: go back to what disk holds. (openraft stops
+                    // on a state machine error; the log re-applies the rest at the next start.)
                     match State::load(&self.tree) {
                         Ok(fresh) => *st = fresh,
                         Err(e2) => tracing::error!("state machine: reload failed: {e2}"),
@@ -94,8 +101,9 @@ impl Shared {
         Ok(responses)
     }
 
-    /// Copy every row of the state machine tree (under the read lock, so they are consistent)
-    /// with the applied log id and encoded membership.
+    /// Write what is applied in memory to sled, then copy every row of the state machine tree
+    /// (under the read lock, so they are consistent) with the applied log id and encoded
+    /// membership.
     #[allow(clippy::type_complexity)]
     fn copy_rows(
         &self,
@@ -107,7 +115,9 @@ impl Shared {
         ),
         StoreError,
     > {
-        let st = self.state.read();
+        let mut st = self.state.write();
+        st.persist(&self.tree)?;
+        let st = parking_lot::RwLockWriteGuard::downgrade(st);
         let rows = self.tree.iter().collect::<Result<Vec<_>, _>>()?;
         Ok((rows, st.applied, st.membership.clone()))
     }
@@ -150,7 +160,12 @@ impl Shared {
         batch.insert(SNAP_META, meta);
         batch.insert(SNAP_DATA, data);
         self.snap_tree.apply_batch(batch)?;
+        // The flush also makes every applied row durable, so after it the log may be purged.
         self.db.flush()?;
+        if let Some(f) = &self.sync_file {
+            f.sync_data()
+                .map_err(|e| StoreError::Other(format!("fdatasync state machine: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -270,12 +285,27 @@ impl StateMachine {
     /// Open (or create) the state machine stored in `db` (restores the key index, leases and
     /// applied state).
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Self::open_inner(db, None)
+    }
+
+    /// Like `open`, and every snapshot flush is followed by an `fdatasync` of sled's data file in
+    /// `dir` (the directory the Db was opened in), so a saved snapshot survives a power loss.
+    pub fn open_synced(db: &sled::Db, dir: &std::path::Path) -> Result<Self, StoreError> {
+        let path = dir.join("db");
+        let file = std::fs::File::open(&path).map_err(|e| {
+            StoreError::Other(format!("open {} for fdatasync: {e}", path.display()))
+        })?;
+        Self::open_inner(db, Some(file))
+    }
+
+    fn open_inner(db: &sled::Db, sync_file: Option<std::fs::File>) -> Result<Self, StoreError> {
         let tree = db.open_tree(SM_TREE)?;
         let snap_tree = db.open_tree(SNAPSHOT_TREE)?;
         let state = State::load(&tree)?;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 db: db.clone(),
+                sync_file,
                 tree,
                 snap_tree,
                 state: RwLock::new(state),
@@ -475,6 +505,16 @@ where
                 }))
             }
             _ => Ok(None),
+        }
+    }
+}
+
+impl Drop for StateMachine {
+    /// Write what is applied in memory, so that a clean stop needs no replay at the next start.
+    fn drop(&mut self) {
+        let mut st = self.shared.state.write();
+        if let Err(e) = st.persist(&self.shared.tree) {
+            tracing::error!("state machine: writing applied changes at close failed: {e}");
         }
     }
 }
