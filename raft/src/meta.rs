@@ -25,9 +25,14 @@ pub fn member_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member")
 }
 
-/// `<data_dir>/member/db` (sled).
+/// `<data_dir>/member/db` (sled): the state machine.
 pub fn db_dir(data_dir: &Path) -> PathBuf {
     member_dir(data_dir).join("db")
+}
+
+/// `<data_dir>/member/wal` (sled): the raft log and vote.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    member_dir(data_dir).join("wal")
 }
 
 fn meta_path(data_dir: &Path) -> PathBuf {

@@ -76,7 +76,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: NodeConfig,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) reader: StoreReader,
-    db: sled::Db,
+    /// The raft log's database and the state machine's, flushed at shutdown.
+    dbs: [sled::Db; 2],
     pub(crate) peer_addr: SocketAddr,
     pub(crate) clients: PeerClients,
     pub(crate) leader_tx: Arc<watch::Sender<Option<NodeId>>>,
@@ -379,13 +380,31 @@ pub(crate) async fn start(
         "starting raft member"
     );
 
-    let db_dir = meta::db_dir(&cfg.data_dir);
-    let db_dir_for_open = db_dir.clone();
-    let db = tokio::task::spawn_blocking(move || crawler_storage::open_db(&db_dir_for_open))
-        .await
-        .map_err(|e| RaftError::Internal(format!("open db task: {e}")))??;
-    let log_store = LogStore::<TypeConfig>::open_synced(&db, &db_dir)?;
-    let sm = StateMachine::open(&db)?;
+    let (wal_dir, db_dir) = (meta::wal_dir(&cfg.data_dir), meta::db_dir(&cfg.data_dir));
+    let (wal_open, db_open) = (wal_dir.clone(), db_dir.clone());
+    let (wal, db) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crawler_storage::StoreError>((
+            crawler_storage::open_log_db(&wal_open)?,
+            crawler_storage::open_db(&db_open)?,
+        ))
+    })
+    .await
+    .map_err(|e| RaftError::Internal(format!("open db task: {e}")))??;
+    // Before the log had a database of its own (`member/wal`) it lived in `member/db`; such a
+    // data dir would start with an empty log and vote, so refuse it.
+    if db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == crawler_storage::log_store::LOG_TREE.as_bytes())
+    {
+        return Err(RaftError::Config(format!(
+            "data dir {} has the raft log inside {} (an older layout); start this member on a fresh data dir",
+            cfg.data_dir.display(),
+            db_dir.display()
+        )));
+    }
+    let log_store = LogStore::<TypeConfig>::open_synced(&wal, &wal_dir)?;
+    let sm = StateMachine::open_synced(&db, &db_dir)?;
     let reader = sm.reader();
     sm.set_observer(observer);
 
@@ -409,7 +428,7 @@ pub(crate) async fn start(
         cfg,
         raft,
         reader,
-        db,
+        dbs: [wal, db],
         peer_addr,
         clients,
         leader_tx: Arc::new(leader_tx),
@@ -871,10 +890,12 @@ impl Inner {
                 t.abort();
             }
         }
-        let db = self.db.clone();
-        let flushed = tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| RaftError::Internal(format!("flush task: {e}")))?;
+        let dbs = self.dbs.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            dbs.iter().try_for_each(|db| db.flush().map(|_| ()))
+        })
+        .await
+        .map_err(|e| RaftError::Internal(format!("flush task: {e}")))?;
         flushed.map_err(|e| RaftError::Storage(crawler_storage::StoreError::Sled(e)))?;
         raft_res.map_err(|e| RaftError::Internal(format!("raft shutdown: {e}")))?;
         Ok(())

@@ -394,6 +394,70 @@ async fn data_dir_of_another_member_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_machine_behind_the_log_is_rebuilt_from_it() {
+    // Applies are not flushed: after a crash the state machine's database may be behind the
+    // log (here: gone entirely), and the committed entries are applied again at start.
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let initial = vec![("a".to_string(), url(port))];
+    let cfg = node_config("a", dir.path(), port, &initial, ClusterState::New, 100_000);
+    let n = start_retrying(cfg.clone()).await.expect("start");
+    wait_leader(&[&n], T).await;
+    for i in 0..50 {
+        n.write(put(&format!("replay/{i:02}"), &format!("v{i}")))
+            .await
+            .expect("write");
+    }
+    let before = dump(&n, "replay/");
+    let revision = n.store().current_revision();
+    n.shutdown().await.expect("shutdown");
+    drop(n);
+
+    std::fs::remove_dir_all(dir.path().join("member").join("db")).expect("remove state machine");
+    let n = start_retrying(cfg).await.expect("restart");
+    wait_leader(&[&n], T).await;
+    wait_until("the state machine replayed", T, || {
+        n.store().current_revision() >= revision
+    })
+    .await;
+    assert_eq!(dump(&n, "replay/"), before);
+    assert_eq!(before.len(), 50);
+    n.write(put("replay/after", "x"))
+        .await
+        .expect("write after replay");
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_with_the_log_inside_the_state_machine_db_is_refused() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let initial = vec![("a".to_string(), url(port))];
+    let cfg = node_config("a", dir.path(), port, &initial, ClusterState::New, 1000);
+    let n = start_retrying(cfg.clone()).await.expect("start");
+    wait_leader(&[&n], T).await;
+    n.shutdown().await.expect("shutdown");
+    drop(n);
+
+    // The older layout: raft log trees inside member/db.
+    {
+        let db = crawler_storage::open_db(&dir.path().join("member").join("db")).expect("open db");
+        let log = db
+            .open_tree(crawler_storage::log_store::LOG_TREE)
+            .expect("open log tree");
+        log.insert(1u64.to_be_bytes(), b"entry".to_vec())
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    match RaftNode::start(cfg, observer()).await {
+        Err(RaftError::Config(msg)) => assert!(msg.contains("older layout"), "{msg}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_are_config_errors() {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
