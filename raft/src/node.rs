@@ -147,8 +147,13 @@ pub(crate) fn raft_config(
     let c = openraft::Config {
         cluster_name: format!("{cluster_id:x}"),
         heartbeat_interval: hb,
-        election_timeout_min: et,
-        election_timeout_max: et.saturating_mul(2),
+        // etcd's follower campaigns after a random [et, 2et) without a leader. openraft 0.9's
+        // follower waits its leader lease (= election_timeout_max) *plus* a random
+        // [min, max), and voters refuse votes during their own lease: min = et, max = 2et gave
+        // 3-4 s elections for a 1 s election timeout. 0.4et..0.6et gives [et, 1.2et).
+        // (The CLI keeps et >= 5 heartbeats, so min stays above the heartbeat.)
+        election_timeout_min: et.saturating_mul(2) / 5,
+        election_timeout_max: et.saturating_mul(3) / 5,
         // Covers sending the last chunk *and* installing it on the follower.
         install_snapshot_timeout: (10 * et).max(10_000),
         // Bounded batches: an AppendEntries must finish within one heartbeat interval.
