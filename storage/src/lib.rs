@@ -15,10 +15,12 @@ pub use types::*;
 
 /// Open (or create) a member's state machine database (or any sled database) under `dir`.
 ///
-/// The cache is kept small on purpose: values are read from sled's page cache on demand and the
-/// process should stay lighter than etcd.
+/// The cache is kept small on purpose: the newest version of every key and the key index live in
+/// the state machine's memory, so sled is read only for older revisions (and the OS page cache
+/// still serves those); sled fills whatever cache it is given, so each MiB here is a MiB of RSS
+/// (measured: 64 → 16 MiB took ~45 MiB off a 1-node put-c100 run, with no loss of throughput).
 pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
-    open_with_cache(dir, 64 * 1024 * 1024)
+    open_with_cache(dir, 16 * 1024 * 1024)
 }
 
 /// Open (or create) a member's raft log database under `dir`.
@@ -28,7 +30,7 @@ pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
 /// it in the same database). Only recent entries are read back (replication), so the cache is
 /// small.
 pub fn open_log_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
-    open_with_cache(dir, 16 * 1024 * 1024)
+    open_with_cache(dir, 8 * 1024 * 1024)
 }
 
 fn open_with_cache(dir: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
