@@ -471,6 +471,17 @@ impl Lessor {
         }
     }
 
+    /// Whether this member still leads in `term` and the lease's deadline has passed.
+    fn still_expired(&self, term: Option<u64>, id: i64) -> bool {
+        let clocks = self.clocks.lock();
+        term.is_some()
+            && clocks.leading_term == term
+            && clocks
+                .deadlines
+                .get(&id)
+                .is_some_and(|d| *d <= Instant::now())
+    }
+
     /// One pass of the expiry loop: revoke every lease whose deadline passed (leader only).
     async fn expire_once(&self) {
         if !matches!(self.leadership(), Leadership::Leader) {
@@ -478,12 +489,12 @@ impl Lessor {
         }
         let leases = self.raft.store().leases();
         let now = Instant::now();
-        let expired: Vec<i64> = {
+        let (term, expired): (Option<u64>, Vec<i64>) = {
             let mut clocks = self.clocks.lock();
             // Forget clocks of leases that no longer exist (revoked through another member).
             let live: std::collections::HashSet<i64> = leases.iter().map(|l| l.id).collect();
             clocks.deadlines.retain(|id, _| live.contains(id));
-            leases
+            let expired = leases
                 .iter()
                 .filter(|l| {
                     let d = *clocks
@@ -493,12 +504,20 @@ impl Lessor {
                     d <= now
                 })
                 .map(|l| l.id)
-                .collect()
+                .collect();
+            (clocks.leading_term, expired)
         };
         for id in expired {
-            // Leadership may have moved while revoking: the new leader owns expiry then.
+            // Decide again right before proposing: while an earlier revoke of this pass was in
+            // flight, this member may have lost leadership and won it back, and the new term
+            // restarted every clock. (Found by the fault tests: a leader cut off from the
+            // majority blocked in a revoke; its entry committed once it led again, and the rest
+            // of its stale list then revoked a lease its new term had just renewed.)
             if !matches!(self.leadership(), Leadership::Leader) {
                 return;
+            }
+            if !self.still_expired(term, id) {
+                continue;
             }
             tracing::debug!(lease = id, "lease expired, revoking");
             if let Err(e) = self.revoke_expired(id).await {
