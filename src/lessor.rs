@@ -301,23 +301,27 @@ impl Lessor {
         let now = Instant::now();
         // Check and renew under one lock, so the expiry loop either sees the renewed deadline
         // or this keep-alive sees the expired one.
-        let expired = {
+        let expired_in = {
             let mut clocks = self.clocks.lock();
+            let Some(term) = clocks.leading_term else {
+                // Demoted since the leadership check: the next leader's clocks decide.
+                return Err(RaftError::NoLeader.into());
+            };
             let deadline = clocks
                 .deadlines
                 .entry(id)
                 .or_insert_with(|| deadline_after(now, info.ttl));
             if *deadline <= now {
-                true
+                Some(term)
             } else {
                 *deadline = deadline_after(now, info.ttl);
-                false
+                None
             }
         };
-        if expired {
+        if let Some(term) = expired_in {
             // Expired but not revoked yet: an expired lease cannot be renewed (etcd waits for the
             // revoke to finish and then answers "not found").
-            self.revoke_expired(id).await?;
+            self.revoke_expired(id, term).await?;
             return Ok(0);
         }
         Ok(info.ttl)
@@ -366,19 +370,25 @@ impl Lessor {
         })
     }
 
-    /// Proposes the revoke of an expired lease; a lease already gone is fine. Only as leader and
-    /// never forwarded: the expiry was decided by this member's clock, which means nothing once
-    /// it lost leadership (the next leader restarted every lease's clock). Forwarded, a revoke
-    /// decided by a leader cut off from the majority would kill a lease the new leader has just
-    /// renewed (found by the fault tests).
-    async fn revoke_expired(&self, id: i64) -> Result<(), LeaseError> {
+    /// Proposes the revoke of a lease that this member's clocks, leading in `term`, expired; a
+    /// lease already gone is fine. Only as leader and never forwarded, and bound to `term`
+    /// (`Command::LeaseExpire` changes nothing in an entry of another term): the decision
+    /// means nothing once this member lost leadership, because the next leader restarted every
+    /// lease's clock. Forwarded, or queued in the proposer until this member led again, a revoke
+    /// decided by a leader cut off from the majority killed a lease the new term had just
+    /// renewed (both found by the fault tests).
+    async fn revoke_expired(&self, id: i64, term: u64) -> Result<(), LeaseError> {
         let resp = self
             .raft
-            .write_as_leader(Command::LeaseRevoke { id })
+            .write_as_leader(Command::LeaseExpire { id, term })
             .await?;
-        self.clocks.lock().deadlines.remove(&id);
         match resp.result {
-            Ok(_) | Err(ApplyError::LeaseNotFound) => Ok(()),
+            Ok(_) | Err(ApplyError::LeaseNotFound) => {
+                self.clocks.lock().deadlines.remove(&id);
+                Ok(())
+            }
+            // Committed in a later term: the lease lives on under that term's clock.
+            Err(ApplyError::StaleExpiry) => Err(RaftError::NoLeader.into()),
             Err(e) => Err(LeaseError::from_apply(e)),
         }
     }
@@ -516,11 +526,11 @@ impl Lessor {
             if !matches!(self.leadership(), Leadership::Leader) {
                 return;
             }
-            if !self.still_expired(term, id) {
+            let Some(term) = term.filter(|_| self.still_expired(term, id)) else {
                 continue;
-            }
-            tracing::debug!(lease = id, "lease expired, revoking");
-            if let Err(e) = self.revoke_expired(id).await {
+            };
+            tracing::debug!(lease = id, term, "lease expired, revoking");
+            if let Err(e) = self.revoke_expired(id, term).await {
                 tracing::warn!(lease = id, error = %e, "revoking expired lease failed; will retry");
                 return;
             }

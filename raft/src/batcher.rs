@@ -242,6 +242,7 @@ fn approx_size(cmd: &Command) -> usize {
         Command::Compact { .. }
         | Command::LeaseGrant { .. }
         | Command::LeaseRevoke { .. }
+        | Command::LeaseExpire { .. }
         | Command::ForgetMember { .. } => FIXED,
     }
 }

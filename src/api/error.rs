@@ -149,6 +149,7 @@ pub fn status_from_apply(err: &ApplyError) -> Status {
         ApplyError::LeaseNotFound => lease_not_found(),
         ApplyError::LeaseExists => lease_exist(),
         ApplyError::KeyNotFound => key_not_found(),
+        ApplyError::StaleExpiry => Status::unavailable(err.to_string()),
         ApplyError::Internal(msg) => Status::internal(format!("etcdserver: storage error: {msg}")),
     }
 }

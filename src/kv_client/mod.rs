@@ -102,6 +102,8 @@ impl From<crawler_storage::ApplyError> for KvError {
             A::LeaseExists => KvError::FailedPrecondition(e.to_string()),
             // etcd answers "key not found" with InvalidArgument.
             A::KeyNotFound => KvError::InvalidArgument(e.to_string()),
+            // Only the lessor's own expiry commands fail this way; retryable like a lost leader.
+            A::StaleExpiry => KvError::Unavailable(e.to_string()),
             A::Internal(_) => KvError::Other {
                 code: "Internal".to_string(),
                 message: e.to_string(),

@@ -17,6 +17,9 @@ pub enum ApplyError {
     LeaseExists,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    /// A `Command::LeaseExpire` committed in another term than the one that decided it.
+    #[error("etcdserver: lease expiry decided in an earlier term")]
+    StaleExpiry,
     /// The local database could not be read (corruption or I/O); produced by apply only for a
     /// malformed command (a batch nested in a batch).
     #[error("etcdserver: storage error: {0}")]

@@ -247,6 +247,15 @@ pub enum Command {
     /// exactly as if it were its own entry (own revision, own result or error); a batch inside
     /// a batch is rejected.
     Batch(Vec<Command>),
+    /// The leader's lessor expiring lease `id`: a `LeaseRevoke` that takes effect only in a log
+    /// entry of `term`, the raft term whose clocks decided the expiry. A decision that reaches
+    /// the log in a later term (queued or retried across a change of leadership) changes
+    /// nothing, since the new term restarted every lease's clock. (Last variant: the log's
+    /// encoding of the others is unchanged.)
+    LeaseExpire {
+        id: i64,
+        term: u64,
+    },
 }
 
 /// The result of applying one command, decided deterministically on every member.

@@ -946,6 +946,57 @@ async fn lease_revoke() {
     assert!(h.r().lease(13).unwrap().keys.is_empty());
 }
 
+/// An expiry decided in one raft term revokes only from an entry of that term (the test's
+/// entries are all of term 1); from any other it changes nothing, alone or in a batch.
+#[tokio::test]
+async fn lease_expire_is_bound_to_its_term() {
+    let mut h = H::new();
+    h.cmd(Command::LeaseGrant { id: 20, ttl: 60 }).await;
+    let mut p = put("e", "v");
+    p.lease = 20;
+    h.cmd(Command::Put(p)).await;
+
+    for stale in [0, 2] {
+        let rev = h.rev();
+        let r = h
+            .cmd(Command::LeaseExpire {
+                id: 20,
+                term: stale,
+            })
+            .await;
+        assert_eq!((r.revision, r.result), (rev, Err(ApplyError::StaleExpiry)));
+        let r = h
+            .cmd(Command::Batch(vec![
+                Command::LeaseExpire {
+                    id: 20,
+                    term: stale,
+                },
+                Command::Put(put("after", "v")),
+            ]))
+            .await;
+        let Ok(CommandResult::Batch(inner)) = r.result else {
+            panic!("batch result {:?}", r.result)
+        };
+        assert_eq!(inner[0].result, Err(ApplyError::StaleExpiry));
+        assert!(inner[1].result.is_ok());
+        assert!(h.r().lease(20).is_some());
+        assert!(h.get("e").is_some());
+    }
+
+    let rev = h.rev();
+    let r = h.cmd(Command::LeaseExpire { id: 20, term: 1 }).await;
+    assert_eq!(
+        (r.revision, r.result),
+        (rev + 1, Ok(CommandResult::LeaseRevoke))
+    );
+    assert!(h.r().lease(20).is_none());
+    assert!(h.get("e").is_none());
+    assert_eq!(
+        h.cmd(Command::LeaseExpire { id: 20, term: 1 }).await.result,
+        Err(ApplyError::LeaseNotFound)
+    );
+}
+
 #[tokio::test]
 async fn events_history() {
     let mut h = H::new();

@@ -607,6 +607,8 @@ pub(crate) struct Committed {
 pub(crate) struct WriteCtx<'a> {
     st: &'a mut State,
     tree: &'a sled::Tree,
+    /// Raft term of the log entry being applied (for `Command::LeaseExpire`).
+    term: u64,
     main: i64,
     sub: i64,
     events: Vec<Event>,
@@ -615,12 +617,13 @@ pub(crate) struct WriteCtx<'a> {
 }
 
 impl<'a> WriteCtx<'a> {
-    /// Start a command on top of `st`.
-    pub fn new(st: &'a mut State, tree: &'a sled::Tree) -> WriteCtx<'a> {
+    /// Start a command, from a log entry of raft term `term`, on top of `st`.
+    pub fn new(st: &'a mut State, tree: &'a sled::Tree, term: u64) -> WriteCtx<'a> {
         let main = st.current + 1;
         WriteCtx {
             st,
             tree,
+            term,
             main,
             sub: 0,
             events: Vec::new(),
@@ -884,6 +887,8 @@ impl<'a> WriteCtx<'a> {
             Command::Compact { revision } => self.compact(*revision),
             Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl),
             Command::LeaseRevoke { id } => self.lease_revoke(*id),
+            Command::LeaseExpire { id, term } if *term == self.term => self.lease_revoke(*id),
+            Command::LeaseExpire { .. } => Err(ApplyError::StaleExpiry.into()),
             Command::PublishMember { id, attrs } => self.publish_member(*id, attrs),
             Command::ForgetMember { id } => self.forget_member(*id),
             // `apply_entries` unpacks batches; one reaching here was nested in another.
@@ -964,9 +969,10 @@ fn apply_command(
     st: &mut State,
     tree: &sled::Tree,
     cmd: &Command,
+    term: u64,
     notify: &mut Vec<(i64, Vec<Event>)>,
 ) -> Result<Result<CommandResult, ApplyError>, StoreError> {
-    let mut w = WriteCtx::new(st, tree);
+    let mut w = WriteCtx::new(st, tree, term);
     match w.command(cmd) {
         Ok(res) => {
             let done = w.finish();
@@ -997,6 +1003,7 @@ pub(crate) fn apply_entries(
     let mut responses = Vec::with_capacity(items.len());
     let mut notify = Vec::new();
     for (log_id, item) in items {
+        let term = log_id.leader_id.term;
         let result = match item {
             Item::Blank => Ok(CommandResult::Done),
             Item::Membership(m) => {
@@ -1010,7 +1017,7 @@ pub(crate) fn apply_entries(
                     let result = if matches!(cmd, Command::Batch(_)) {
                         Err(ApplyError::Internal("nested batch command".into()))
                     } else {
-                        apply_command(st, tree, cmd, &mut notify)?
+                        apply_command(st, tree, cmd, term, &mut notify)?
                     };
                     inner.push(ApplyResponse {
                         revision: st.current,
@@ -1019,7 +1026,7 @@ pub(crate) fn apply_entries(
                 }
                 Ok(CommandResult::Batch(inner))
             }
-            Item::Command(cmd) => apply_command(st, tree, &cmd, &mut notify)?,
+            Item::Command(cmd) => apply_command(st, tree, &cmd, term, &mut notify)?,
         };
         st.applied = Some(log_id);
         st.unpersisted.touch();
