@@ -393,17 +393,32 @@ async fn data_dir_of_another_member_is_refused() {
     n.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_machine_behind_the_log_is_rebuilt_from_it() {
-    // Applies are not flushed: after a crash the state machine's database may be behind the
-    // log (here: gone entirely), and the committed entries are applied again at start.
+/// One new single-member cluster ("a") in a temp dir, started and leading.
+async fn start_single(
+    snapshot_count: u64,
+) -> (tempfile::TempDir, crawler_raft::NodeConfig, RaftNode) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let initial = vec![("a".to_string(), url(port))];
-    let cfg = node_config("a", dir.path(), port, &initial, ClusterState::New, 100_000);
+    let cfg = node_config(
+        "a",
+        dir.path(),
+        port,
+        &initial,
+        ClusterState::New,
+        snapshot_count,
+    );
     let n = start_retrying(cfg.clone()).await.expect("start");
     wait_leader(&[&n], T).await;
+    (dir, cfg, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_machine_behind_the_log_is_rebuilt_from_it() {
+    // Applies are not flushed: after a crash the state machine's database may be behind the
+    // log (here: gone entirely), and the committed entries are applied again at start.
+    let (dir, cfg, n) = start_single(100_000).await;
     for i in 0..50 {
         n.write(put(&format!("replay/{i:02}"), &format!("v{i}")))
             .await
@@ -431,13 +446,7 @@ async fn state_machine_behind_the_log_is_rebuilt_from_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dir_with_the_log_inside_the_state_machine_db_is_refused() {
-    init_tracing();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let initial = vec![("a".to_string(), url(port))];
-    let cfg = node_config("a", dir.path(), port, &initial, ClusterState::New, 1000);
-    let n = start_retrying(cfg.clone()).await.expect("start");
-    wait_leader(&[&n], T).await;
+    let (dir, cfg, n) = start_single(1000).await;
     n.shutdown().await.expect("shutdown");
     drop(n);
 

@@ -33,6 +33,13 @@ pub fn open_log_db(dir: &std::path::Path) -> Result<sled::Db, StoreError> {
     open_with_cache(dir, 8 * 1024 * 1024)
 }
 
+/// sled's data file in `dir` (the directory a Db was opened in), opened for `fdatasync`.
+pub(crate) fn sync_file(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("db");
+    std::fs::File::open(&path)
+        .map_err(|e| StoreError::Other(format!("open {} for fdatasync: {e}", path.display())))
+}
+
 fn open_with_cache(dir: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let db = sled::Config::new()
         .path(dir)

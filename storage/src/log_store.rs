@@ -76,11 +76,7 @@ where
     /// `dir` (the directory `open_db` was given), so acknowledged entries also survive a power
     /// loss: `sync_file_range` alone leaves them in the disk's write cache.
     pub fn open_synced(db: &sled::Db, dir: &std::path::Path) -> Result<Self, StoreError> {
-        let path = dir.join("db");
-        let file = std::fs::File::open(&path).map_err(|e| {
-            StoreError::Other(format!("open {} for fdatasync: {e}", path.display()))
-        })?;
-        Self::open_inner(db, Some(file))
+        Self::open_inner(db, Some(crate::sync_file(dir)?))
     }
 
     fn open_inner(db: &sled::Db, sync_file: Option<std::fs::File>) -> Result<Self, StoreError> {

@@ -291,11 +291,7 @@ impl StateMachine {
     /// Like `open`, and every snapshot flush is followed by an `fdatasync` of sled's data file in
     /// `dir` (the directory the Db was opened in), so a saved snapshot survives a power loss.
     pub fn open_synced(db: &sled::Db, dir: &std::path::Path) -> Result<Self, StoreError> {
-        let path = dir.join("db");
-        let file = std::fs::File::open(&path).map_err(|e| {
-            StoreError::Other(format!("open {} for fdatasync: {e}", path.display()))
-        })?;
-        Self::open_inner(db, Some(file))
+        Self::open_inner(db, Some(crate::sync_file(dir)?))
     }
 
     fn open_inner(db: &sled::Db, sync_file: Option<std::fs::File>) -> Result<Self, StoreError> {
