@@ -482,10 +482,9 @@ impl Lessor {
     }
 
     /// Whether this member still leads in `term` and the lease's deadline has passed.
-    fn still_expired(&self, term: Option<u64>, id: i64) -> bool {
+    fn still_expired(&self, term: u64, id: i64) -> bool {
         let clocks = self.clocks.lock();
-        term.is_some()
-            && clocks.leading_term == term
+        clocks.leading_term == Some(term)
             && clocks
                 .deadlines
                 .get(&id)
@@ -517,6 +516,9 @@ impl Lessor {
                 .collect();
             (clocks.leading_term, expired)
         };
+        let Some(term) = term else {
+            return; // demoted since the leadership check
+        };
         for id in expired {
             // Decide again right before proposing: while an earlier revoke of this pass was in
             // flight, this member may have lost leadership and won it back, and the new term
@@ -526,9 +528,9 @@ impl Lessor {
             if !matches!(self.leadership(), Leadership::Leader) {
                 return;
             }
-            let Some(term) = term.filter(|_| self.still_expired(term, id)) else {
+            if !self.still_expired(term, id) {
                 continue;
-            };
+            }
             tracing::debug!(lease = id, term, "lease expired, revoking");
             if let Err(e) = self.revoke_expired(id, term).await {
                 tracing::warn!(lease = id, error = %e, "revoking expired lease failed; will retry");
