@@ -10,7 +10,7 @@ pub mod types;
 
 pub use error::{ApplyError, StoreError};
 pub use log_store::LogStore;
-pub use state_machine::{ApplyObserver, StateMachine, StoreReader};
+pub use state_machine::{ApplyObserver, PersistPolicy, StateMachine, StoreReader};
 pub use types::*;
 
 /// Open (or create) a member's state machine database (or any sled database) under `dir`.

@@ -2,7 +2,8 @@
 //! member attributes, plus raft snapshots. Implements openraft's `RaftStateMachine<C>`.
 //!
 //! Layout: one sled tree (`sm`) holds every row (see `codec`). Applied changes are written to it
-//! in groups (every 10 ms or 10000 row writes, see `store::State::persist`), each one atomic
+//! in groups (by default at the first apply 10 ms after the oldest unwritten change or once
+//! 10000 row writes wait: [`PersistPolicy`]), each one atomic
 //! `sled::Batch` that also carries the applied log id, so the applied id never gets ahead of the
 //! data. The key index, the lease table and the rows not yet written live in memory; the index
 //! and leases are rebuilt at `open`. The last snapshot is kept in its own tree (`sm_snapshot`).
@@ -34,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{ApplyError, StoreError};
 use crate::types::*;
 
+pub use store::PersistPolicy;
 use store::{Fault, Item, State, View};
 
 /// Name of the sled tree holding the state machine rows.
@@ -57,6 +59,7 @@ struct Shared {
     db: sled::Db,
     /// sled's data file, fdatasynced after each snapshot flush (see `StateMachine::open_synced`).
     sync_file: Option<std::fs::File>,
+    persist_policy: Mutex<PersistPolicy>,
     tree: sled::Tree,
     snap_tree: sled::Tree,
     state: RwLock<State>,
@@ -75,7 +78,9 @@ impl Shared {
         let (responses, notify) = {
             let mut st = self.state.write();
             let staged = match store::apply_entries(&mut st, &self.tree, items) {
-                Ok(done) if st.persist_due() => st.persist(&self.tree).map(|()| done),
+                Ok(done) if st.persist_due(&self.persist_policy.lock()) => {
+                    st.persist(&self.tree).map(|()| done)
+                }
                 other => other,
             };
             match staged {
@@ -294,6 +299,11 @@ impl StateMachine {
         Self::open_inner(db, Some(crate::sync_file(dir)?))
     }
 
+    /// Change when applied changes are written to sled (tests hold them in memory with it).
+    pub fn set_persist_policy(&self, policy: PersistPolicy) {
+        *self.shared.persist_policy.lock() = policy;
+    }
+
     fn open_inner(db: &sled::Db, sync_file: Option<std::fs::File>) -> Result<Self, StoreError> {
         let tree = db.open_tree(SM_TREE)?;
         let snap_tree = db.open_tree(SNAPSHOT_TREE)?;
@@ -302,6 +312,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 db: db.clone(),
                 sync_file,
+                persist_policy: Mutex::new(PersistPolicy::default()),
                 tree,
                 snap_tree,
                 state: RwLock::new(state),
