@@ -204,6 +204,17 @@ pub struct TaskConfig {
     /// Stop after this many pages (0 = no bound).
     #[serde(rename = "MaxPages", default)]
     pub max_pages: u64,
+    /// Requests of this task in flight at once (default 16, like Scrapy's
+    /// `CONCURRENT_REQUESTS`).
+    #[serde(rename = "Concurrency", default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests open to one host at once, counting every task of the worker that crawls it
+    /// (default 8, like Scrapy's `CONCURRENT_REQUESTS_PER_DOMAIN`).
+    #[serde(
+        rename = "ConcurrencyPerHost",
+        default = "default_concurrency_per_host"
+    )]
+    pub concurrency_per_host: u32,
     /// Checkpoint the frontier to the store after this many pages (default 20)...
     #[serde(rename = "CheckpointPages", default = "default_checkpoint_pages")]
     pub checkpoint_pages: u32,
@@ -220,6 +231,12 @@ fn default_true() -> bool {
 pub const DEFAULT_TASK_TIMEOUT_SECS: f64 = 30.0;
 /// Retries when a task sets none.
 pub const DEFAULT_TASK_RETRIES: u32 = 2;
+/// Requests in flight per task when a task sets none.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Requests open per host when a task sets none.
+pub const DEFAULT_CONCURRENCY_PER_HOST: u32 = 8;
+/// Upper bound of `Concurrency` and `ConcurrencyPerHost`.
+pub const MAX_CONCURRENCY: u32 = 1024;
 /// Pages between checkpoints when a task sets none.
 pub const DEFAULT_CHECKPOINT_PAGES: u32 = 20;
 /// Seconds between checkpoints when a task sets none.
@@ -231,6 +248,14 @@ fn default_timeout() -> f64 {
 
 fn default_retries() -> u32 {
     DEFAULT_TASK_RETRIES
+}
+
+fn default_concurrency() -> u32 {
+    DEFAULT_CONCURRENCY
+}
+
+fn default_concurrency_per_host() -> u32 {
+    DEFAULT_CONCURRENCY_PER_HOST
 }
 
 fn default_checkpoint_pages() -> u32 {
@@ -377,6 +402,8 @@ impl TaskConfig {
             timeout: DEFAULT_TASK_TIMEOUT_SECS,
             retries: DEFAULT_TASK_RETRIES,
             max_pages: 0,
+            concurrency: DEFAULT_CONCURRENCY,
+            concurrency_per_host: DEFAULT_CONCURRENCY_PER_HOST,
             checkpoint_pages: DEFAULT_CHECKPOINT_PAGES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL_SECS,
         }
@@ -922,6 +949,18 @@ impl Config {
             }
             if t.checkpoint_pages == 0 {
                 return Err(invalid(origin, at("CheckpointPages"), "must be at least 1"));
+            }
+            for (field, v) in [
+                ("Concurrency", t.concurrency),
+                ("ConcurrencyPerHost", t.concurrency_per_host),
+            ] {
+                if v == 0 || v > MAX_CONCURRENCY {
+                    return Err(invalid(
+                        origin,
+                        at(field),
+                        format!("must be between 1 and {MAX_CONCURRENCY}"),
+                    ));
+                }
             }
             for (j, p) in t.proxies.iter().enumerate() {
                 if let Err(m) = crate::crawl::fetch::check_proxy(p) {

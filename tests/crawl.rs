@@ -32,9 +32,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use crawler::config::Config;
-use crawler::crawl::frontier::{
-    CheckpointError, CheckpointStore, Counters, DoneMarker, Frontier, Manifest,
+use crawler::crawl::checkpoint::{
+    CheckpointError, CheckpointStore, Checkpointer, DoneMarker, Manifest,
 };
+use crawler::crawl::frontier::{Counters, Frontier};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
 use crawler::kv_client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
 use crawler::master::{Master, MasterConfig, Resource};
@@ -406,7 +407,9 @@ async fn crawls_the_fixture_site_exactly() {
         let site = Site::start(2, 3, true).await;
         let base = site.base();
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = Config::parse(&shop_config("shop", &base, ""), "test.toml").expect("config");
+        // One request at a time: the items come in crawl order.
+        let cfg = Config::parse(&shop_config("shop", &base, "Concurrency = 1"), "test.toml")
+            .expect("config");
         let task = cfg.tasks[0].clone();
         let res = resource("shop", "101", "go.micro.server.worker-t|127.0.0.1:1");
         put_resource(&client, &res).await;
@@ -497,14 +500,18 @@ async fn crawls_the_fixture_site_exactly() {
             (done.resource_id.as_str(), done.pages, done.items),
             ("101", 13, 11)
         );
-        assert!(
-            client
-                .get_prefix(format!("{}checkpoint/", CheckpointStore::prefix("shop")))
-                .await
-                .expect("get")
-                .body
-                .is_empty(),
-            "checkpoint chunks dropped once done"
+        let left: Vec<String> = client
+            .get_prefix(CheckpointStore::prefix("shop"))
+            .await
+            .expect("get")
+            .body
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [CheckpointStore::done_key("shop")],
+            "only the done mark is left once done"
         );
         let h = runner
             .start(TaskSpec {
@@ -730,7 +737,9 @@ async fn proxies_are_used_in_turn() {
         assert_eq!(p1.pages.load(Ordering::SeqCst), 3, "{:?}", p1.counts());
         assert_eq!(p2.pages.load(Ordering::SeqCst), 2, "{:?}", p2.counts());
         let items = read_items(&dir.path().join("proxied.jsonl"));
-        let urls: Vec<&str> = items.iter().filter_map(|v| v["url"].as_str()).collect();
+        // Fetched concurrently: in any order.
+        let mut urls: Vec<&str> = items.iter().filter_map(|v| v["url"].as_str()).collect();
+        urls.sort_unstable();
         assert_eq!(
             urls,
             vec![
@@ -746,7 +755,20 @@ async fn proxies_are_used_in_turn() {
 
 // ---- checkpoints --------------------------------------------------------------------------------
 
-/// Checkpoints on a store: chunked, resumable, fenced by the resource's assignment.
+/// Keys under a task's key space, as text.
+async fn task_keys(client: &Arc<dyn KvClient>, task: &str) -> Vec<String> {
+    client
+        .get_prefix(CheckpointStore::prefix(task))
+        .await
+        .expect("get")
+        .body
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// Checkpoints on a store: a chunked base, then deltas, folded once they add up to the base;
+/// resumable; fenced by the resource's assignment.
 async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
     let res = resource("fenced", "501", "go.micro.server.worker-1|h:1");
     put_resource(&client, &res).await;
@@ -757,39 +779,78 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
         "w1".into(),
     );
     let guard = cs.guard(&res).await.expect("owner");
+    let mut cp = Checkpointer::new(cs.clone(), "501", None);
 
     // Large enough for several chunks.
     let mut f = Frontier::new(false);
-    for i in 0..12_000 {
-        let u =
-            url::Url::parse(&format!("http://h/some/longer/path/to/page/{i}?x={i}")).expect("url");
-        f.push(&u, 1, Some("item".into()));
-    }
-    let counters = Counters {
+    let push = |f: &mut Frontier, from: usize, to: usize| {
+        for i in from..to {
+            let u = url::Url::parse(&format!("http://h/some/longer/path/to/page/{i}?x={i}"))
+                .expect("url");
+            f.push(&u, 1, Some("item".into()));
+        }
+    };
+    push(&mut f, 0, 12_000);
+    let mut counters = Counters {
         pages: 7,
         items: 5,
         errors: 1,
     };
-    let snap = f.snapshot("501", counters);
-    let m1 = cs.save(&snap, &guard).await.expect("save");
-    let m2 = cs.save(&snap, &guard).await.expect("save again");
-    assert!(m2.chunks > 2, "{m2:?}");
-    assert_ne!(m1.generation, m2.generation);
-    assert_eq!(cs.load("501").await.expect("load"), Some(snap.clone()));
-    assert_eq!(
-        cs.load("999").await.expect("load"),
-        None,
+    let p = cp.prepare(&mut f, counters).expect("prepare");
+    assert!(p.base, "the first checkpoint is a base");
+    let m1 = cp.commit(&p, &guard).await.expect("save");
+    assert!(m1.chunks > 2, "{m1:?}");
+    let bases = task_keys(&client, "fenced").await;
+    assert!(bases
+        .iter()
+        .filter(|k| k.contains("/base/"))
+        .all(|k| k.contains(&m1.generation)));
+
+    // Small changes: deltas proportional to the change, not to the frontier.
+    let mut last = m1.clone();
+    for round in 0..5 {
+        let (t, _) = f.dispatch().expect("a request");
+        f.complete(t);
+        push(&mut f, 20_000 + round * 10, 20_000 + round * 10 + 10);
+        counters.pages += 1;
+        let p = cp.prepare(&mut f, counters).expect("prepare");
+        assert!(!p.base, "round {round}");
+        assert!(p.bytes.len() < 4096, "{} bytes", p.bytes.len());
+        last = cp.commit(&p, &guard).await.expect("delta");
+    }
+    assert_eq!((last.delta_first, last.delta_next), (0, 5));
+    assert_eq!(last.generation, m1.generation);
+    let loaded = cs.load("501").await.expect("load").expect("a checkpoint");
+    assert_eq!(loaded.manifest, last);
+    assert_eq!(loaded.deltas.len(), 5);
+    let (g, c) = loaded.into_frontier(false);
+    assert_eq!(c, counters);
+    assert_eq!(g.snapshot("501", c), f.snapshot("501", counters));
+    assert!(
+        cs.load("999").await.expect("load").is_none(),
         "another resource's"
     );
-    // Only the current generation's chunks remain, each within the chunk bound.
-    let chunks = client
-        .get_prefix(format!("{}checkpoint/", CheckpointStore::prefix("fenced")))
+
+    // A change as large as the base folds everything into a new base.
+    push(&mut f, 40_000, 60_000);
+    let p = cp.prepare(&mut f, counters).expect("prepare");
+    assert!(p.base, "deltas as large as the base are folded");
+    let m2 = cp.commit(&p, &guard).await.expect("fold");
+    assert_ne!(m1.generation, m2.generation);
+    assert_eq!((m2.delta_first, m2.delta_next), (5, 5));
+    let keys = task_keys(&client, "fenced").await;
+    assert!(
+        keys.iter()
+            .all(|k| k.ends_with("/manifest") || k.contains(&m2.generation)),
+        "only the new base is left: {keys:?}"
+    );
+    let (g, _) = cs
+        .load("501")
         .await
-        .expect("get")
-        .body;
-    assert_eq!(chunks.len() as u32, m2.chunks);
-    assert!(chunks.iter().all(|kv| kv.value.len() <= 256 * 1024
-        && String::from_utf8_lossy(&kv.key).contains(&m2.generation)));
+        .expect("load")
+        .expect("a checkpoint")
+        .into_frontier(false);
+    assert_eq!(g.snapshot("501", counters), f.snapshot("501", counters));
 
     // Moved to another worker: this run's writes are refused, the checkpoint is kept.
     put_resource(
@@ -797,9 +858,10 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
         &resource("fenced", "501", "go.micro.server.worker-2|h:2"),
     )
     .await;
-    let small = Frontier::new(false).snapshot("501", Counters::default());
+    push(&mut f, 70_000, 70_001);
+    let p = cp.prepare(&mut f, counters).expect("prepare");
     assert!(matches!(
-        cs.save(&small, &guard).await,
+        cp.commit(&p, &guard).await,
         Err(CheckpointError::NotOwner)
     ));
     assert!(matches!(
@@ -816,10 +878,13 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
         .await
         .expect("delete");
     assert!(matches!(
-        cs.save(&small, &guard).await,
+        cp.commit(&p, &guard).await,
         Err(CheckpointError::NotOwner)
     ));
-    assert_eq!(cs.load("501").await.expect("load"), Some(snap));
+    assert_eq!(
+        cs.load("501").await.expect("load").map(|l| l.manifest),
+        Some(m2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,7 +975,11 @@ fn write_worker_config(dir: &Path, name: &str, base: &str, results: &Path) -> Pa
     let text = format!(
         "logLevel = \"warn\"\nDataDir = \"{}\"\n{}\n[GRPCServer]\nRegisterTTL = 2\n",
         results.display(),
-        shop_config(name, base, "CheckpointPages = 3\nCheckpointInterval = 600")
+        shop_config(
+            name,
+            base,
+            "Concurrency = 1\nCheckpointPages = 3\nCheckpointInterval = 600"
+        )
     );
     Config::parse(&text, "worker.toml").expect("valid worker config");
     let path = dir.join(format!(

@@ -1,47 +1,33 @@
-//! The per-task frontier (pending requests) and dedup set (normalised URLs), and their
-//! checkpoints in the store, so that a worker taking a task over resumes where the last one
-//! stopped instead of starting again.
+//! The per-task frontier: pending requests, requests in flight, and the dedup set of URL
+//! fingerprints; plus the changes since the last checkpoint ([`Delta`]), so that a checkpoint
+//! writes what changed, not everything seen so far (see [`super::checkpoint`]).
 //!
-//! Store layout, under `/crawler/tasks/<task>/`:
-//! - `checkpoint/<generation>/<chunk>`: the bincode-encoded [`Snapshot`] cut into chunks of at
-//!   most [`CHUNK_BYTES`] (far below etcd's 1.5 MiB request limit). A generation is unique per
-//!   writer and save, so a stale writer can never overwrite chunks that a manifest points to.
-//! - `manifest`: JSON [`Manifest`] naming the current generation, its size and checksum.
-//! - `done`: JSON [`DoneMarker`] once the task has finished; a finished task is not run again.
-//!
-//! Every manifest or done write is a txn guarded by the resource key still holding the value
-//! this run was started for ([`OwnerGuard`]): a worker the task was moved away from (paused,
-//! partitioned) cannot overwrite the new owner's progress. The same txn deletes every other
-//! generation's chunks, so orphans of a crashed save do not accumulate.
+//! The seen set holds 64-bit fingerprints (XXH3) of normalised URLs, 8 bytes a URL plus the
+//! hash table's slack, instead of whole strings. Two distinct URLs share a fingerprint with
+//! probability about n²/2⁶⁵ over n URLs (3·10⁻⁸ for a million): such a URL would be skipped.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::kv_client::{
-    prefix_range_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient,
-    KvClientExt, KvError, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
-use crate::master::Resource;
-
-/// Root of the per-task key spaces.
-pub const TASKS_PREFIX: &str = "/crawler/tasks/";
-/// Largest checkpoint chunk.
-pub const CHUNK_BYTES: usize = 256 * 1024;
-
 /// One pending fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Absolute URL.
+    /// Absolute, normalised URL.
     pub url: String,
     /// Link depth (seeds are 0).
     pub depth: u32,
     /// The rule named by the link that found it.
     pub rule: Option<String>,
+}
+
+impl Request {
+    /// The fingerprint of this request's URL.
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint_of(&self.url)
+    }
 }
 
 /// The normalised form of a URL used for dedup: no fragment, default port dropped, host
@@ -62,6 +48,33 @@ pub fn normalise(u: &Url) -> String {
     u.to_string()
 }
 
+/// Fingerprint of a normalised URL (stable across versions and machines: it is checkpointed).
+pub fn fingerprint_of(normalised: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(normalised.as_bytes())
+}
+
+/// Fingerprints are already uniformly distributed: hash them as they are.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in for correctness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A set of fingerprints.
+pub(crate) type FingerprintSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+
 /// Counters carried across workers in checkpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -73,12 +86,54 @@ pub struct Counters {
     pub errors: u64,
 }
 
-/// Dedup set and pending queue of one task.
+/// A full image of a frontier: the base a checkpoint's deltas apply to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The resource (run) it belongs to: a resource recreated under the same name starts over.
+    pub resource_id: String,
+    /// Fingerprints seen, sorted.
+    pub seen: Vec<u64>,
+    /// Requests not yet done (in flight first, then pending), in order.
+    pub pending: Vec<Request>,
+    /// Counters so far.
+    pub counters: Counters,
+}
+
+/// What changed since the previous checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Requests queued, in order (their fingerprints join the seen set).
+    pub added: Vec<Request>,
+    /// Fingerprints seen without being queued (redirect targets).
+    pub seen: Vec<u64>,
+    /// Fingerprints of requests done (fetched, failed for good, or denied by robots.txt).
+    pub done: Vec<u64>,
+    /// Counters at this checkpoint (absolute).
+    pub counters: Counters,
+}
+
+impl Delta {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.seen.is_empty() && self.done.is_empty()
+    }
+}
+
+/// A request handed out by [`Frontier::dispatch`], to give back to [`Frontier::complete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(u64);
+
+/// Dedup set, pending queue and requests in flight of one task.
 #[derive(Clone, Debug, Default)]
 pub struct Frontier {
-    seen: HashSet<String>,
+    seen: FingerprintSet,
     pending: VecDeque<Request>,
+    /// Handed out, not yet complete: still "pending" in every checkpoint (fetched again after
+    /// a crash), in the order they were handed out.
+    in_flight: BTreeMap<Ticket, Request>,
+    next_ticket: u64,
     reload: bool,
+    delta: Delta,
 }
 
 impl Frontier {
@@ -93,32 +148,44 @@ impl Frontier {
     /// Queue `url` unless already seen (or with `reload`). True when queued.
     pub fn push(&mut self, url: &Url, depth: u32, rule: Option<String>) -> bool {
         let key = normalise(url);
-        let new = self.seen.insert(key.clone());
+        let new = self.seen.insert(fingerprint_of(&key));
         if !new && !self.reload {
             return false;
         }
-        self.pending.push_back(Request {
+        let req = Request {
             url: key,
             depth,
             rule,
-        });
+        };
+        self.delta.added.push(req.clone());
+        self.pending.push_back(req);
         true
     }
 
-    /// The next request (stays queued until [`Frontier::pop`], so a checkpoint taken while it is
-    /// in flight still holds it).
-    pub fn front(&self) -> Option<&Request> {
-        self.pending.front()
+    /// Hand out the next request; it stays in every checkpoint until [`Frontier::complete`].
+    pub fn dispatch(&mut self) -> Option<(Ticket, Request)> {
+        let req = self.pending.pop_front()?;
+        let t = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.in_flight.insert(t, req.clone());
+        Some((t, req))
     }
 
-    /// Drop the front request (it has been processed).
-    pub fn pop(&mut self) -> Option<Request> {
-        self.pending.pop_front()
+    /// The request of `ticket` is done (whatever its outcome).
+    pub fn complete(&mut self, ticket: Ticket) {
+        if let Some(req) = self.in_flight.remove(&ticket) {
+            self.delta.done.push(req.fingerprint());
+        }
     }
 
-    /// Pending requests.
+    /// Pending requests, those in flight included.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.in_flight.len()
+    }
+
+    /// Requests handed out and not complete.
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Distinct URLs seen.
@@ -128,410 +195,83 @@ impl Frontier {
 
     /// Record `url` as seen without queueing it (the target of a followed redirect).
     pub fn mark_seen(&mut self, url: &Url) {
-        self.seen.insert(normalise(url));
+        let fp = fingerprint_of(&normalise(url));
+        if self.seen.insert(fp) {
+            self.delta.seen.push(fp);
+        }
     }
 
     /// Whether `url` was seen.
     pub fn has_seen(&self, url: &Url) -> bool {
-        self.seen.contains(&normalise(url))
+        self.seen.contains(&fingerprint_of(&normalise(url)))
     }
 
-    /// The state to checkpoint.
+    /// The changes since the last call (or since the frontier was built), with `counters`.
+    pub fn take_delta(&mut self, counters: Counters) -> Delta {
+        let mut d = std::mem::take(&mut self.delta);
+        d.counters = counters;
+        d
+    }
+
+    /// Forget the changes recorded so far (a full snapshot was written instead).
+    pub fn clear_delta(&mut self) {
+        self.delta = Delta::default();
+    }
+
+    /// The full image (in flight first: they were handed out before anything still queued).
     pub fn snapshot(&self, resource_id: &str, counters: Counters) -> Snapshot {
-        let mut seen: Vec<String> = self.seen.iter().cloned().collect();
+        let mut seen: Vec<u64> = self.seen.iter().copied().collect();
         seen.sort_unstable();
         Snapshot {
             resource_id: resource_id.to_string(),
             seen,
-            pending: self.pending.iter().cloned().collect(),
+            pending: self
+                .in_flight
+                .values()
+                .chain(self.pending.iter())
+                .cloned()
+                .collect(),
             counters,
         }
     }
 
-    /// Rebuild from a checkpoint.
-    pub fn restore(s: Snapshot, reload: bool) -> Self {
-        Self {
-            seen: s.seen.into_iter().collect(),
-            pending: s.pending.into(),
-            reload,
+    /// Rebuild from a base and the deltas written after it, in order. Returns the counters of
+    /// the newest of them.
+    pub fn restore(base: Snapshot, deltas: Vec<Delta>, reload: bool) -> (Self, Counters) {
+        let mut seen: FingerprintSet = base.seen.into_iter().collect();
+        let mut counters = base.counters;
+        let mut done: HashMap<u64, usize> = HashMap::new();
+        let mut queue: Vec<Request> = base.pending;
+        for d in deltas {
+            for r in &d.added {
+                seen.insert(r.fingerprint());
+            }
+            seen.extend(d.seen);
+            queue.extend(d.added);
+            for fp in d.done {
+                *done.entry(fp).or_default() += 1;
+            }
+            counters = d.counters;
         }
-    }
-}
-
-/// A checkpoint's content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The resource (run) it belongs to: a resource recreated under the same name starts over.
-    pub resource_id: String,
-    /// Normalised URLs seen.
-    pub seen: Vec<String>,
-    /// Pending requests, in order.
-    pub pending: Vec<Request>,
-    /// Counters so far.
-    pub counters: Counters,
-}
-
-/// The pointer to the current checkpoint (JSON, readable with `etcdctl`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Resource id of the run.
-    pub resource_id: String,
-    /// Generation whose chunks hold the snapshot.
-    pub generation: String,
-    /// Number of chunks.
-    pub chunks: u32,
-    /// Encoded size.
-    pub bytes: u64,
-    /// FNV-1a 64 of the encoded snapshot.
-    pub checksum: u64,
-    /// Counters at the checkpoint.
-    pub pages: u64,
-    /// Items at the checkpoint.
-    pub items: u64,
-    /// Errors at the checkpoint.
-    pub errors: u64,
-    /// Pending requests at the checkpoint.
-    pub pending: u64,
-    /// URLs seen at the checkpoint.
-    pub seen: u64,
-    /// When it was written, unix milliseconds.
-    pub time_unix_ms: u64,
-    /// Who wrote it (worker node id).
-    pub writer: String,
-}
-
-/// The mark of a finished task (JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DoneMarker {
-    /// Resource id of the run that finished.
-    pub resource_id: String,
-    /// Final counters.
-    pub pages: u64,
-    /// Items written in all.
-    pub items: u64,
-    /// Requests failed in all.
-    pub errors: u64,
-    /// When, unix milliseconds.
-    pub time_unix_ms: u64,
-    /// Who finished it.
-    pub writer: String,
-}
-
-/// Why a checkpoint operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// The store call failed.
-    #[error("store: {0}")]
-    Kv(#[from] KvError),
-    /// The resource is no longer assigned to this run (moved, deleted, recreated).
-    #[error("the resource is no longer assigned to this run")]
-    NotOwner,
-    /// A stored checkpoint is unreadable (ignored: the run starts from its seeds).
-    #[error("checkpoint unreadable: {0}")]
-    Corrupt(String),
-}
-
-/// What a run's store writes are guarded by: the resource key holding exactly the value the run
-/// was started for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerGuard {
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-impl OwnerGuard {
-    fn compares(&self) -> Vec<Compare> {
-        vec![
-            // A missing key has version 0; and a value compare on a missing key fails in etcd.
-            Compare {
-                result: CompareResult::Greater,
-                target: CompareTarget::Version(0),
-                key: self.key.clone(),
-                range_end: Vec::new(),
-            },
-            Compare {
-                result: CompareResult::Equal,
-                target: CompareTarget::Value(self.value.clone()),
-                key: self.key.clone(),
-                range_end: Vec::new(),
-            },
-        ]
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Checkpoint, resume and done-marking of one task in the store.
-#[derive(Clone)]
-pub struct CheckpointStore {
-    client: Arc<dyn KvClient>,
-    task: String,
-    resource_key: String,
-    writer: String,
-    /// Unique per store object (shared by its clones): generations are `<nonce>-<seq>`.
-    nonce: u64,
-    seq: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for CheckpointStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointStore")
-            .field("task", &self.task)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CheckpointStore {
-    /// The store of `task`, whose resource lives at `resource_key`; `writer` names this worker.
-    pub fn new(
-        client: Arc<dyn KvClient>,
-        task: &str,
-        resource_key: String,
-        writer: String,
-    ) -> Self {
-        Self {
-            client,
-            task: task.to_string(),
-            resource_key,
-            writer,
-            nonce: rand::random(),
-            seq: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// `/crawler/tasks/<task>/`.
-    pub fn prefix(task: &str) -> String {
-        format!("{TASKS_PREFIX}{task}/")
-    }
-
-    /// The manifest key.
-    pub fn manifest_key(task: &str) -> String {
-        format!("{}manifest", Self::prefix(task))
-    }
-
-    /// The done key.
-    pub fn done_key(task: &str) -> String {
-        format!("{}done", Self::prefix(task))
-    }
-
-    fn chunks_prefix(&self) -> String {
-        format!("{}checkpoint/", Self::prefix(&self.task))
-    }
-
-    /// Read the resource key and check it is still `expected` (same ID and node); the guard of
-    /// every later write. `Err(NotOwner)` when it is not.
-    pub async fn guard(&self, expected: &Resource) -> Result<OwnerGuard, CheckpointError> {
-        let kv = self
-            .client
-            .get(self.resource_key.clone())
-            .await?
-            .body
-            .ok_or(CheckpointError::NotOwner)?;
-        let r: Resource =
-            serde_json::from_slice(&kv.value).map_err(|_| CheckpointError::NotOwner)?;
-        if r.id != expected.id || r.assigned_node != expected.assigned_node {
-            return Err(CheckpointError::NotOwner);
-        }
-        Ok(OwnerGuard {
-            key: kv.key,
-            value: kv.value,
-        })
-    }
-
-    /// The done marker, if any.
-    pub async fn done(&self) -> Result<Option<DoneMarker>, CheckpointError> {
-        let kv = self.client.get(Self::done_key(&self.task)).await?.body;
-        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-    }
-
-    /// The manifest, if any and readable.
-    pub async fn manifest(&self) -> Result<Option<(Manifest, i64)>, CheckpointError> {
-        let reply = self.client.get(Self::manifest_key(&self.task)).await?;
-        let Some(kv) = reply.body else {
-            return Ok(None);
-        };
-        let m: Manifest = serde_json::from_slice(&kv.value)
-            .map_err(|e| CheckpointError::Corrupt(format!("manifest: {e}")))?;
-        Ok(Some((m, reply.revision)))
-    }
-
-    /// The latest checkpoint of resource `resource_id`, if there is one.
-    pub async fn load(&self, resource_id: &str) -> Result<Option<Snapshot>, CheckpointError> {
-        let Some((m, revision)) = self.manifest().await? else {
-            return Ok(None);
-        };
-        if m.resource_id != resource_id {
-            return Ok(None);
-        }
-        // Chunks one by one (bounded replies), all at the manifest's revision: consistent even
-        // if a writer moves on meanwhile.
-        let mut bytes = Vec::with_capacity(m.bytes.min(1 << 30) as usize);
-        for i in 0..m.chunks {
-            let key = format!("{}{}/{i:06}", self.chunks_prefix(), m.generation);
-            let r = self
-                .client
-                .range(RangeRequest {
-                    key: key.into_bytes(),
-                    revision,
-                    ..RangeRequest::default()
-                })
-                .await?;
-            let kv = r
-                .body
-                .kvs
-                .into_iter()
-                .next()
-                .ok_or_else(|| CheckpointError::Corrupt(format!("chunk {i} missing")))?;
-            bytes.extend_from_slice(&kv.value);
-        }
-        if bytes.len() as u64 != m.bytes || fnv1a(&bytes) != m.checksum {
-            return Err(CheckpointError::Corrupt(
-                "size or checksum does not match the manifest".into(),
-            ));
-        }
-        let (snap, _): (Snapshot, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
-        if snap.resource_id != resource_id {
-            return Err(CheckpointError::Corrupt("resource id mismatch".into()));
-        }
-        Ok(Some(snap))
-    }
-
-    /// Write `snap` as the new checkpoint: chunks first, then (guarded) the manifest, deleting
-    /// every other generation in the same txn.
-    pub async fn save(
-        &self,
-        snap: &Snapshot,
-        guard: &OwnerGuard,
-    ) -> Result<Manifest, CheckpointError> {
-        let bytes = bincode::serde::encode_to_vec(snap, bincode::config::standard())
-            .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let generation = format!("{:016x}-{seq:08}", self.nonce);
-        let chunks: Vec<&[u8]> = if bytes.is_empty() {
-            vec![&[][..]]
-        } else {
-            bytes.chunks(CHUNK_BYTES).collect()
-        };
-        let gen_prefix = format!("{}{generation}/", self.chunks_prefix());
-        for (i, c) in chunks.iter().enumerate() {
-            self.client
-                .put(PutRequest {
-                    key: format!("{gen_prefix}{i:06}").into_bytes(),
-                    value: c.to_vec(),
-                    ..PutRequest::default()
-                })
-                .await?;
-        }
-        let manifest = Manifest {
-            resource_id: snap.resource_id.clone(),
-            generation,
-            chunks: chunks.len() as u32,
-            bytes: bytes.len() as u64,
-            checksum: fnv1a(&bytes),
-            pages: snap.counters.pages,
-            items: snap.counters.items,
-            errors: snap.counters.errors,
-            pending: snap.pending.len() as u64,
-            seen: snap.seen.len() as u64,
-            time_unix_ms: now_ms(),
-            writer: self.writer.clone(),
-        };
-        let value =
-            serde_json::to_vec(&manifest).map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
-        let all = self.chunks_prefix().into_bytes();
-        let mine = gen_prefix.into_bytes();
-        let mut success = vec![RequestOp::Put(PutRequest {
-            key: Self::manifest_key(&self.task).into_bytes(),
-            value,
-            ..PutRequest::default()
-        })];
-        // Everything under checkpoint/ except this generation: [all, mine) and [end(mine), end(all)).
-        success.push(RequestOp::DeleteRange(DeleteRangeRequest {
-            key: all.clone(),
-            range_end: mine.clone(),
-            prev_kv: false,
-        }));
-        success.push(RequestOp::DeleteRange(DeleteRangeRequest {
-            key: prefix_range_end(&mine),
-            range_end: prefix_range_end(&all),
-            prev_kv: false,
-        }));
-        self.guarded(guard, success).await?;
-        Ok(manifest)
-    }
-
-    /// Mark the task done (guarded) and drop its checkpoint.
-    pub async fn mark_done(
-        &self,
-        counters: Counters,
-        resource_id: &str,
-        guard: &OwnerGuard,
-    ) -> Result<DoneMarker, CheckpointError> {
-        let marker = DoneMarker {
-            resource_id: resource_id.to_string(),
-            pages: counters.pages,
-            items: counters.items,
-            errors: counters.errors,
-            time_unix_ms: now_ms(),
-            writer: self.writer.clone(),
-        };
-        let value =
-            serde_json::to_vec(&marker).map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
-        let all = self.chunks_prefix().into_bytes();
-        let ops = vec![
-            RequestOp::Put(PutRequest {
-                key: Self::done_key(&self.task).into_bytes(),
-                value,
-                ..PutRequest::default()
-            }),
-            RequestOp::DeleteRange(DeleteRangeRequest {
-                key: Self::manifest_key(&self.task).into_bytes(),
-                range_end: Vec::new(),
-                prev_kv: false,
-            }),
-            RequestOp::DeleteRange(DeleteRangeRequest {
-                range_end: prefix_range_end(&all),
-                key: all,
-                prev_kv: false,
-            }),
-        ];
-        self.guarded(guard, ops).await?;
-        Ok(marker)
-    }
-
-    async fn guarded(
-        &self,
-        guard: &OwnerGuard,
-        success: Vec<RequestOp>,
-    ) -> Result<(), CheckpointError> {
-        let r = self
-            .client
-            .txn(TxnRequest {
-                compare: guard.compares(),
-                success,
-                failure: Vec::new(),
+        // A done request leaves the queue once per completion (with `Reload` a URL can be
+        // queued twice): the earliest copy goes.
+        let pending = queue
+            .into_iter()
+            .filter(|r| match done.get_mut(&r.fingerprint()) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
             })
-            .await?;
-        if r.body.succeeded {
-            Ok(())
-        } else {
-            Err(CheckpointError::NotOwner)
-        }
+            .collect();
+        let f = Self {
+            seen,
+            pending,
+            reload,
+            ..Self::default()
+        };
+        (f, counters)
     }
 }
 
@@ -541,6 +281,14 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).expect("url")
+    }
+
+    fn urls(f: &Frontier) -> Vec<String> {
+        f.snapshot("x", Counters::default())
+            .pending
+            .into_iter()
+            .map(|r| r.url)
+            .collect()
     }
 
     #[test]
@@ -556,15 +304,101 @@ mod tests {
         assert!(f.push(&url("http://h/b"), 1, Some("r".into())));
         assert_eq!(f.pending_len(), 2);
         let snap = f.snapshot("7", Counters::default());
-        let g = Frontier::restore(snap.clone(), false);
+        let (g, _) = Frontier::restore(snap.clone(), Vec::new(), false);
         assert_eq!(g.snapshot("7", Counters::default()), snap);
-        assert_eq!(
-            g.front().map(|r| r.url.as_str()),
-            Some("http://h/a?a=2&b=1")
-        );
+        assert_eq!(urls(&g), ["http://h/a?a=2&b=1", "http://h/b"]);
 
         let mut r = Frontier::new(true);
         assert!(r.push(&url("http://h/a"), 0, None));
         assert!(r.push(&url("http://h/a"), 1, None), "reload queues again");
+    }
+
+    #[test]
+    fn in_flight_requests_stay_in_checkpoints_until_complete() {
+        let mut f = Frontier::new(false);
+        for p in ["a", "b", "c"] {
+            f.push(&url(&format!("http://h/{p}")), 0, None);
+        }
+        let (ta, _) = f.dispatch().expect("a");
+        let (tb, b) = f.dispatch().expect("b");
+        assert_eq!(b.url, "http://h/b");
+        assert_eq!(f.pending_len(), 3);
+        assert_eq!(urls(&f), ["http://h/a", "http://h/b", "http://h/c"]);
+        f.complete(tb);
+        assert_eq!(urls(&f), ["http://h/a", "http://h/c"]);
+        f.complete(ta);
+        f.complete(ta); // twice: no effect
+        assert_eq!(urls(&f), ["http://h/c"]);
+        assert_eq!(f.in_flight_len(), 0);
+    }
+
+    #[test]
+    fn base_plus_deltas_equals_the_live_frontier() {
+        let c = |pages| Counters {
+            pages,
+            items: 0,
+            errors: 0,
+        };
+        let mut live = Frontier::new(false);
+        live.push(&url("http://h/0"), 0, None);
+        let base = live.snapshot("r", c(0));
+        live.clear_delta();
+        let mut deltas = Vec::new();
+        let mut pages = 0;
+        for round in 0..5 {
+            // Two requests out, one back, new links, one redirect target.
+            let Some((t1, r1)) = live.dispatch() else {
+                break;
+            };
+            let second = live.dispatch();
+            let d = r1.depth + 1;
+            for k in 0..3 {
+                live.push(&url(&format!("http://h/{round}-{k}")), d, None);
+            }
+            live.push(&url("http://h/0"), d, None); // seen: not queued again
+            live.mark_seen(&url(&format!("http://h/redirected-{round}")));
+            live.complete(t1);
+            pages += 1;
+            if round % 2 == 0 {
+                if let Some((t2, _)) = second {
+                    live.complete(t2);
+                    pages += 1;
+                }
+            }
+            deltas.push(live.take_delta(c(pages)));
+        }
+        let (restored, counters) = Frontier::restore(base, deltas, false);
+        assert_eq!(counters, c(pages));
+        assert_eq!(urls(&restored), urls(&live));
+        assert_eq!(restored.seen_len(), live.seen_len());
+        assert!(restored.has_seen(&url("http://h/redirected-3")));
+        assert!(restored.has_seen(&url("http://h/0")));
+    }
+
+    #[test]
+    fn reload_completions_remove_one_copy_each() {
+        let mut f = Frontier::new(true);
+        let base = f.snapshot("r", Counters::default());
+        f.push(&url("http://h/a"), 0, None);
+        f.push(&url("http://h/a"), 1, None);
+        let (t, _) = f.dispatch().expect("first copy");
+        f.complete(t);
+        let d = f.take_delta(Counters::default());
+        let (g, _) = Frontier::restore(base, vec![d], true);
+        let snap = g.snapshot("r", Counters::default());
+        assert_eq!(snap.pending.len(), 1);
+        assert_eq!(snap.pending[0].depth, 1);
+    }
+
+    #[test]
+    fn a_million_fingerprints_fit_in_tens_of_megabytes() {
+        // Each fingerprint is 8 bytes; the table keeps a power-of-two capacity at 7/8 load.
+        let mut s = FingerprintSet::default();
+        for i in 0..1_000_000u64 {
+            s.insert(fingerprint_of(&format!("http://example.com/page/{i}")));
+        }
+        assert_eq!(s.len(), 1_000_000, "no collision among a million URLs");
+        let bytes = s.capacity() * (std::mem::size_of::<u64>() + 1);
+        assert!(bytes < 40 << 20, "{bytes}");
     }
 }

@@ -1,6 +1,7 @@
 //! Where extracted items go. [`Sink`] is the interface (a database sink can implement it); the
 //! default, [`JsonlSinks`], appends JSON lines to `<dir>/<task>.jsonl`, one file per task,
-//! flushed after every page and synced to disk before each checkpoint.
+//! buffered in memory (whole lines, [`JSONL_BUFFER_BYTES`] at most) and flushed and synced to
+//! disk before each checkpoint, so a checkpoint never counts items that are not on disk.
 //!
 //! Delivery is at least once: a page processed after the last checkpoint of a worker that died
 //! is processed again by the next one, so its items can appear twice (in each worker's file).
@@ -14,6 +15,9 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::kv_client::BoxFuture;
+
+/// Bytes of JSON lines a task's file buffers before writing them out.
+pub const JSONL_BUFFER_BYTES: usize = 256 * 1024;
 
 /// One extracted item.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,9 +78,10 @@ pub enum SinkError {
 
 /// A task's results destination.
 pub trait Sink: Send + Sync {
-    /// Write the items of one page; durable in the sink's own sense (flushed) on return.
+    /// Take the items of one page (they may wait in a buffer until [`Sink::sync`]).
     fn write<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// Make what was written survive a machine crash (called before every checkpoint).
+    /// Make everything written so far survive a machine crash (called before every
+    /// checkpoint).
     fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 }
 
@@ -123,7 +128,10 @@ impl SinkFactory for JsonlSinks {
                 .map_err(io(&path))?;
             Ok(Arc::new(JsonlSink {
                 path,
-                file: tokio::sync::Mutex::new(file),
+                file: tokio::sync::Mutex::new(tokio::io::BufWriter::with_capacity(
+                    JSONL_BUFFER_BYTES,
+                    file,
+                )),
             }) as Arc<dyn Sink>)
         })
     }
@@ -133,7 +141,7 @@ impl SinkFactory for JsonlSinks {
 #[derive(Debug)]
 pub struct JsonlSink {
     path: PathBuf,
-    file: tokio::sync::Mutex<tokio::fs::File>,
+    file: tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>,
 }
 
 impl Sink for JsonlSink {
@@ -153,19 +161,24 @@ impl Sink for JsonlSink {
                 path: self.path.clone(),
                 source,
             };
-            // One write of whole lines: a reader never sees half a page's items.
-            f.write_all(&buf).await.map_err(io)?;
-            f.flush().await.map_err(io)
+            // Whole lines only reach the file: a page's items are buffered together, and the
+            // buffer writes out whole when full.
+            if f.buffer().len() + buf.len() > JSONL_BUFFER_BYTES {
+                f.flush().await.map_err(io)?;
+            }
+            f.write_all(&buf).await.map_err(io)
         })
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let f = self.file.lock().await;
-            f.sync_data().await.map_err(|source| SinkError::Io {
+            let mut f = self.file.lock().await;
+            let io = |source| SinkError::Io {
                 path: self.path.clone(),
                 source,
-            })
+            };
+            f.flush().await.map_err(io)?;
+            f.get_ref().sync_data().await.map_err(io)
         })
     }
 }

@@ -34,7 +34,9 @@ use crate::registry::{self, Registry};
 use crate::snowflake::{Snowflake, SnowflakeError};
 
 pub use ops::{AddOutcome, ApiError, LeaderView};
-pub use resources::{Fence, Resource, ResourceStore, WriteError, RESOURCE_PREFIX};
+pub use resources::{
+    task_prefix, Fence, Resource, ResourceStore, WriteError, RESOURCE_PREFIX, TASKS_PREFIX,
+};
 pub use workers::{WorkerDiff, WorkerSet, WORKER_SERVICE};
 
 /// How long `shutdown` waits for the servers and the resignation.

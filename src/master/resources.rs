@@ -28,6 +28,14 @@ use crate::kv_client::{
 
 /// Prefix of every resource key.
 pub const RESOURCE_PREFIX: &str = "/resources/";
+/// Root of the per-task key spaces that workers keep (checkpoints, done marks); a deleted
+/// resource's is deleted with it.
+pub const TASKS_PREFIX: &str = "/crawler/tasks/";
+
+/// The key space of the task run for resource `name`: `/crawler/tasks/<name>/`.
+pub fn task_prefix(name: &str) -> String {
+    format!("{TASKS_PREFIX}{name}/")
+}
 
 /// One resource as stored (field names and order are the Go original's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +301,7 @@ impl ResourceStore {
             .map_err(|e| e.or_condition(WriteError::Missing(r.name.clone())))
     }
 
-    /// Delete a resource; fails with `Missing` when there is none.
+    /// Delete a resource and its task's key space; fails with `Missing` when there is none.
     pub async fn delete(&self, fence: &Fence, name: &str) -> Result<i64, WriteError> {
         let key = resource_key(name).into_bytes();
         let cond = Compare {
@@ -306,7 +314,14 @@ impl ResourceStore {
             key: key.clone(),
             ..DeleteRangeRequest::default()
         });
-        self.guarded(fence, cond, op)
+        // Every write under it is guarded by the resource key, so nothing lands there after.
+        let space = task_prefix(name).into_bytes();
+        let state = RequestOp::DeleteRange(DeleteRangeRequest {
+            range_end: crate::kv_client::prefix_range_end(&space),
+            key: space,
+            ..DeleteRangeRequest::default()
+        });
+        self.guarded_ops(fence, cond, vec![op, state])
             .await
             .map_err(|e| e.or_condition(WriteError::Missing(name.to_string())))
     }
@@ -314,9 +329,20 @@ impl ResourceStore {
     /// `if fence && cond then (op, tag) else (read election key)`; the revision of the write on
     /// success.
     async fn guarded(&self, fence: &Fence, cond: Compare, op: RequestOp) -> Result<i64, Guarded> {
+        self.guarded_ops(fence, cond, vec![op]).await
+    }
+
+    /// [`Self::guarded`] with several operations.
+    async fn guarded_ops(
+        &self,
+        fence: &Fence,
+        cond: Compare,
+        mut ops: Vec<RequestOp>,
+    ) -> Result<i64, Guarded> {
+        ops.push(fence.tag());
         let txn = TxnRequest {
             compare: vec![fence.compare(), cond],
-            success: vec![op, fence.tag()],
+            success: ops,
             failure: vec![RequestOp::Range(RangeRequest {
                 key: fence.key.clone(),
                 ..RangeRequest::default()
