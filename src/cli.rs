@@ -31,6 +31,28 @@ pub enum Command {
     Worker(WorkerArgs),
     /// One process with a single-node store, a master and a worker: try the crawler locally.
     Dev(DevArgs),
+    /// Serve a generated site to crawl (crawl tests and benchmarks).
+    Site(SiteArgs),
+}
+
+/// Flags of `crawler site`.
+#[derive(Debug, Args)]
+pub struct SiteArgs {
+    /// Addresses to serve on, comma-separated, one per host (`ip:port`; port 0: any free).
+    #[arg(long, default_value = "127.0.0.1:8090", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+    /// New pages each page links to.
+    #[arg(long, default_value_t = 10)]
+    pub fanout: u64,
+    /// Pages that exist.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub pages: u64,
+    /// Approximate size of a page, bytes.
+    #[arg(long, default_value_t = 2048)]
+    pub page_bytes: usize,
+    /// Delay before each answer, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
 }
 
 /// Flags of `crawler master`. Values given here override the config file's `[MasterServer]`.

@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             block_on("dev", crawler::dev::run_dev(args, cfg))
         }
         Command::Bench(args) => crawler::bench::main(args),
+        Command::Site(args) => {
+            init_logging("warn");
+            block_on("site", serve_site(args))
+        }
         Command::Store(args) => {
             init_logging(&args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -73,6 +77,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `crawler site`: serve until Ctrl-C or SIGTERM.
+async fn serve_site(args: crawler::cli::SiteArgs) -> anyhow::Result<()> {
+    use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
+    let opts = SiteOptions {
+        fanout: args.fanout,
+        pages: args.pages,
+        page_bytes: args.page_bytes,
+        latency: std::time::Duration::from_millis(args.latency_ms),
+    };
+    let site = SyntheticSite::start(opts, &args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {:?}: {e}", args.listen))?;
+    println!("synthetic site ready: {}", site.seed());
+    let _ = std::io::stdout().flush();
+    crawler::dev::wait_for_signal().await;
+    Ok(())
 }
 
 fn fail(cmd: &str, e: &anyhow::Error) -> ExitCode {
@@ -125,31 +147,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
-    wait_for_signal().await;
+    crawler::dev::wait_for_signal().await;
     tracing::info!("shutting down");
     member.shutdown().await
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the store");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

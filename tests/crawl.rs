@@ -18,12 +18,12 @@ mod etcd_support;
 mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
+#[path = "support/worker_process.rs"]
+mod worker_process;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +44,7 @@ use etcd_support::EtcdServer;
 use our_store::OurStore;
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt as _;
+use worker_process::WorkerProcess;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -914,63 +915,6 @@ async fn etcd_checkpoints_are_chunked_and_fenced() {
 
 // ---- resume after kill -9 -----------------------------------------------------------------------
 
-/// A `crawler worker` process, killed on drop.
-struct WorkerProcess {
-    child: Child,
-}
-
-impl WorkerProcess {
-    fn spawn(id: &str, endpoint: &str, config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crawler"))
-            .args([
-                "worker",
-                "--id",
-                id,
-                "--http",
-                "127.0.0.1:0",
-                "--grpc",
-                "127.0.0.1:0",
-                "--registry",
-                endpoint,
-                "--register-ttl",
-                "2",
-                "--config",
-                config.to_str().expect("utf-8 path"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn crawler worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining so the child never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) if line.starts_with("crawler worker ready:") => break,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("crawler worker printed no ready line within {WAIT:?}");
-                }
-            }
-        }
-        Self { child }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_worker_config(dir: &Path, name: &str, base: &str, results: &Path) -> PathBuf {
     let text = format!(
         "logLevel = \"warn\"\nDataDir = \"{}\"\n{}\n[GRPCServer]\nRegisterTTL = 2\n",
@@ -1011,7 +955,7 @@ async fn resumes_after_kill_9_on_another_worker() {
         let master = Master::start(mc, client.clone()).await.expect("master");
         assert!(master.wait_ready(WAIT).await, "master ready");
 
-        let mut a = WorkerProcess::spawn("a", &store.endpoint(), &cfg_a);
+        let mut a = WorkerProcess::spawn("a", &store.endpoint(), 2, &cfg_a);
         eventually("worker a is held at its 11th page", || {
             let n = site.pages.load(Ordering::SeqCst);
             async move { n >= 11 }
@@ -1038,7 +982,7 @@ async fn resumes_after_kill_9_on_another_worker() {
         site.hold_after.store(usize::MAX, Ordering::SeqCst);
         site.release.send_replace(true);
 
-        let _b = WorkerProcess::spawn("b", &store.endpoint(), &cfg_b);
+        let _b = WorkerProcess::spawn("b", &store.endpoint(), 2, &cfg_b);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         let done = loop {
             if let Ok(r) = client.get(CheckpointStore::done_key(TASK)).await {

@@ -13,10 +13,11 @@ mod etcd_support;
 mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
+#[path = "support/worker_process.rs"]
+mod worker_process;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use crawler::worker::{
 use etcd_support::{EtcdServer, TcpProxy};
 use our_store::OurStore;
 use parking_lot::Mutex;
+use worker_process::WorkerProcess;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(20);
@@ -537,69 +539,6 @@ async fn etcd_no_gap_at_startup() {
 }
 
 // ---- scenario: `crawler worker` processes ------------------------------------------------------
-
-/// A `crawler worker` child process, killed on drop.
-struct WorkerProcess {
-    child: Child,
-    ready: String,
-}
-
-impl WorkerProcess {
-    fn spawn(id: &str, endpoint: &str, ttl: u64, config: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crawler"))
-            .args([
-                "worker",
-                "--id",
-                id,
-                "--http",
-                "127.0.0.1:0",
-                "--grpc",
-                "127.0.0.1:0",
-                "--registry",
-                endpoint,
-                "--register-ttl",
-                &ttl.to_string(),
-                "--config",
-                config.to_str().expect("utf-8 path"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn crawler worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) if line.starts_with("crawler worker ready:") => break line,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("crawler worker printed no ready line within {WAIT:?}");
-                }
-            }
-        };
-        Self { child, ready }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("crawler.toml");

@@ -15,6 +15,7 @@ pub mod rules;
 mod run;
 pub mod sink;
 pub mod status;
+pub mod synthetic_site;
 mod visit;
 
 use std::path::PathBuf;

@@ -1,0 +1,438 @@
+//! The crawl engine at scale, against the generated site (`crawler::crawl::synthetic_site`) on
+//! 127.0.0.x, which counts requests per page and requests open per host:
+//! - requests in flight never exceed the task's `Concurrency` nor `ConcurrencyPerHost` on any
+//!   host, and several hosts are crawled at once;
+//! - two tasks crawling one host on one worker share that host's budget;
+//! - a worker killed with SIGKILL after 10k+ pages: the task resumes on another worker and every
+//!   page is fetched exactly once, except at most `Concurrency + CheckpointPages` pages fetched
+//!   after the last checkpoint;
+//! - deleting a running task's resource leaves nothing under its key space.
+
+#[path = "support/etcd.rs"]
+mod etcd_support;
+#[path = "support/http.rs"]
+mod http_support;
+#[path = "support/our_store.rs"]
+mod our_store;
+#[path = "support/worker_process.rs"]
+mod worker_process;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler::config::{Config, TaskConfig};
+use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
+use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
+use crawler::crawl::{CrawlOptions, CrawlRunner};
+use crawler::kv_client::{KvClient, KvClientExt};
+use crawler::master::{Master, MasterConfig, Resource, ResourceStore};
+use crawler::worker::{TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
+use our_store::OurStore;
+use worker_process::WorkerProcess;
+
+/// Deadline for anything a test waits for.
+const WAIT: Duration = Duration::from_secs(60);
+/// Upper bound of one test.
+const TEST_DEADLINE: Duration = Duration::from_secs(300);
+
+async fn run<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_DEADLINE, f)
+        .await
+        .expect("test exceeded its deadline");
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+/// A task crawling the synthetic site from `seed`, every page an item.
+fn task_toml(name: &str, seed: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[Tasks]]
+Name = "{name}"
+URLs = ["{seed}"]
+AllowedDomains = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+Robots = false
+Retries = 0
+Timeout = 20
+{extra}
+
+[[Tasks.Rules]]
+Follow = ["ul a"]
+Items = [{{ Name = "page", Fields = [{{ Name = "n", Selector = "span.n" }}] }}]
+"#
+    )
+}
+
+fn task(name: &str, seed: &str, extra: &str) -> TaskConfig {
+    Config::parse(&task_toml(name, seed, extra), "test.toml")
+        .expect("config")
+        .tasks
+        .remove(0)
+}
+
+fn resource(name: &str, id: &str) -> Resource {
+    Resource {
+        id: id.into(),
+        name: name.into(),
+        assigned_node: "go.micro.server.worker-t|127.0.0.1:1".into(),
+        creation_time: 1,
+    }
+}
+
+async fn put_resource(c: &Arc<dyn KvClient>, r: &Resource) {
+    c.put_kv(
+        format!("/resources/{}", r.name),
+        serde_json::to_vec(r).expect("resource JSON"),
+        0,
+    )
+    .await
+    .expect("put resource");
+}
+
+fn options(dir: &Path) -> CrawlOptions {
+    let mut o = CrawlOptions::new(dir);
+    o.progress_every = Duration::from_secs(5);
+    o.writer = "test".into();
+    o
+}
+
+async fn finished(h: &dyn crawler::worker::TaskHandle) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = h.report();
+        if r.state != TaskState::Running {
+            assert_eq!(r.state, TaskState::Finished, "{r:?}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_stays_within_the_task_and_host_bounds() {
+    run(async {
+        let store = OurStore::start().await;
+        let client = store.local();
+        let opts = SiteOptions {
+            fanout: 6,
+            pages: 400,
+            page_bytes: 1024,
+            latency: Duration::from_millis(25),
+        };
+        let hosts = [
+            addr("127.0.0.1:0"),
+            addr("127.0.0.2:0"),
+            addr("127.0.0.3:0"),
+        ];
+        let site = SyntheticSite::start(opts, &hosts).await.expect("site");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = task(
+            "bounded",
+            &site.seed(),
+            "Concurrency = 7\nConcurrencyPerHost = 3",
+        );
+        let res = resource("bounded", "11");
+        put_resource(&client, &res).await;
+        let runner = CrawlRunner::new(client.clone(), options(dir.path()));
+        let h = runner
+            .start(TaskSpec {
+                resource: res,
+                task: t,
+            })
+            .await
+            .expect("start");
+        finished(h.as_ref()).await;
+        let stats = h.report().stats;
+        h.stop().await;
+
+        let s = site.stats();
+        for n in 0..400 {
+            assert_eq!(s.count(n), 1, "page {n} fetched once");
+        }
+        assert_eq!(stats["pages_fetched"], 400, "{stats}");
+        assert_eq!(stats["items"], 400, "{stats}");
+        let per_host = s.open_per_host();
+        assert_eq!(per_host.len(), 3, "{per_host:?}");
+        for (host, open) in &per_host {
+            assert!(open.most <= 3, "{host}: {open:?}");
+        }
+        let total = s.open_total();
+        assert!(total.most <= 7, "{total:?}");
+        // More open at once than one host allows: hosts were crawled in parallel.
+        assert!(total.most > 3, "{total:?} {per_host:?}");
+        store.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tasks_on_one_host_share_its_budget() {
+    run(async {
+        let store = OurStore::start().await;
+        let client = store.local();
+        let opts = SiteOptions {
+            fanout: 5,
+            pages: 150,
+            page_bytes: 1024,
+            latency: Duration::from_millis(25),
+        };
+        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+            .await
+            .expect("site");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runner = CrawlRunner::new(client.clone(), options(dir.path()));
+        let mut handles = Vec::new();
+        for (name, id) in [("left", "21"), ("right", "22")] {
+            let res = resource(name, id);
+            put_resource(&client, &res).await;
+            let t = task(
+                name,
+                &site.seed(),
+                "Concurrency = 16\nConcurrencyPerHost = 4",
+            );
+            handles.push(
+                runner
+                    .start(TaskSpec {
+                        resource: res,
+                        task: t,
+                    })
+                    .await
+                    .expect("start"),
+            );
+        }
+        for h in &handles {
+            finished(h.as_ref()).await;
+        }
+        for h in handles {
+            h.stop().await;
+        }
+        let s = site.stats();
+        for n in 0..150 {
+            assert_eq!(s.count(n), 2, "page {n}: once per task");
+        }
+        let total = s.open_total();
+        // Each task alone may open 4: together they still open at most 4.
+        assert!(total.most <= 4, "{total:?}");
+        assert!(total.most >= 2, "requests overlapped: {total:?}");
+        store.stop().await;
+    })
+    .await;
+}
+
+/// `crawler worker` config crawling the site from `seed` into `results`.
+fn worker_config(dir: &Path, file: &str, seed: &str, results: &Path, extra: &str) -> String {
+    let text = format!(
+        "logLevel = \"warn\"\nDataDir = \"{}\"\n{}\n[GRPCServer]\nRegisterTTL = 2\n",
+        results.display(),
+        task_toml("synth", seed, extra)
+    );
+    Config::parse(&text, "worker.toml").expect("valid worker config");
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_kill_9_past_10k_pages_fetching_each_page_once_but_the_window() {
+    run(async {
+        const PAGES: u64 = 12_000;
+        const CONCURRENCY: u64 = 16;
+        const CHECKPOINT_PAGES: u64 = 100;
+        let opts = SiteOptions {
+            fanout: 10,
+            pages: PAGES,
+            page_bytes: 1024,
+            latency: Duration::ZERO,
+        };
+        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+            .await
+            .expect("site");
+        let store = OurStore::start().await;
+        let client = store.local();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = format!(
+            "Concurrency = {CONCURRENCY}\nCheckpointPages = {CHECKPOINT_PAGES}\nCheckpointInterval = 600"
+        );
+        let cfg_a = worker_config(
+            dir.path(),
+            "a.toml",
+            &site.seed(),
+            &dir.path().join("a"),
+            &extra,
+        );
+        let cfg_b = worker_config(
+            dir.path(),
+            "b.toml",
+            &site.seed(),
+            &dir.path().join("b"),
+            &extra,
+        );
+        let mut mc = MasterConfig::new(1, addr("127.0.0.1:0"));
+        mc.seeds = vec!["synth".to_string()];
+        let master = Master::start(mc, client.clone()).await.expect("master");
+        assert!(master.wait_ready(WAIT).await, "master ready");
+
+        let mut a = WorkerProcess::spawn("a", &store.endpoint(), 2, Path::new(&cfg_a));
+        let requests = &site.stats().requests;
+        eventually("worker a fetched 10k pages", || {
+            let n = requests.load(Ordering::SeqCst);
+            async move { n >= 10_000 }
+        })
+        .await;
+        a.kill_9();
+        let fetched_by_a = requests.load(Ordering::SeqCst);
+        let manifest = client
+            .get(CheckpointStore::manifest_key("synth"))
+            .await
+            .expect("get")
+            .body
+            .expect("a checkpoint before the kill");
+        let manifest: Manifest = serde_json::from_slice(&manifest.value).expect("manifest JSON");
+        assert_eq!(manifest.writer, "go.micro.server.worker-a");
+        assert!(
+            manifest.delta_next > manifest.delta_first || manifest.delta_first > 0,
+            "incremental checkpoints were written: {manifest:?}"
+        );
+        assert!(fetched_by_a < PAGES, "a was killed before the end");
+
+        let _b = WorkerProcess::spawn("b", &store.endpoint(), 2, Path::new(&cfg_b));
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        let done = loop {
+            if let Ok(r) = client.get(CheckpointStore::done_key("synth")).await {
+                if let Some(kv) = r.body {
+                    break serde_json::from_slice::<DoneMarker>(&kv.value).expect("done JSON");
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task was never finished after the takeover"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(done.writer, "go.micro.server.worker-b");
+        assert_eq!((done.pages, done.items, done.errors), (PAGES, PAGES, 0));
+
+        let s = site.stats();
+        let mut twice = 0;
+        for n in 0..PAGES {
+            match s.count(n) {
+                1 => {}
+                2 => twice += 1,
+                c => panic!("page {n} fetched {c} times"),
+            }
+        }
+        eprintln!(
+            "a fetched {fetched_by_a}, checkpointed {} ({} deltas live); {twice} fetched twice",
+            manifest.pages,
+            manifest.delta_next - manifest.delta_first
+        );
+        // Fetched again: what a fetched after its last checkpoint (in flight or not yet
+        // checkpointed), which is at most Concurrency + CheckpointPages.
+        assert!(
+            twice <= fetched_by_a - manifest.pages,
+            "{twice} pages fetched twice; a fetched {fetched_by_a}, checkpointed {}",
+            manifest.pages
+        );
+        assert!(
+            twice <= CONCURRENCY + CHECKPOINT_PAGES,
+            "{twice} pages fetched twice"
+        );
+        master.shutdown().await;
+        store.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_task_leaves_nothing_under_its_key_space() {
+    run(async {
+        let store = OurStore::start().await;
+        let client = store.local();
+        // Slow enough to be mid-crawl with checkpoints written when it is deleted.
+        let opts = SiteOptions {
+            fanout: 10,
+            pages: 100_000,
+            page_bytes: 1024,
+            latency: Duration::from_millis(20),
+        };
+        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+            .await
+            .expect("site");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = task("doomed", &site.seed(), "CheckpointPages = 5");
+        let mut mc = MasterConfig::new(1, addr("127.0.0.1:0"));
+        mc.seeds = vec!["doomed".to_string()];
+        let master = Master::start(mc, client.clone()).await.expect("master");
+        assert!(master.wait_ready(WAIT).await, "master ready");
+        let runner = Arc::new(CrawlRunner::new(client.clone(), options(dir.path())));
+        let worker = Worker::start(WorkerOptions::local("d1", vec![t]), client.clone(), runner)
+            .await
+            .expect("worker");
+        let prefix = CheckpointStore::prefix("doomed");
+        eventually("checkpoints with deltas are written", || {
+            let c = client.clone();
+            async move {
+                let Ok(Some(kv)) = c
+                    .get(CheckpointStore::manifest_key("doomed"))
+                    .await
+                    .map(|r| r.body)
+                else {
+                    return false;
+                };
+                let m: Manifest = serde_json::from_slice(&kv.value).expect("manifest JSON");
+                m.delta_next > m.delta_first
+            }
+        })
+        .await;
+
+        let fence = master.fence().expect("the master leads");
+        ResourceStore::new(client.clone())
+            .delete(&fence, "doomed")
+            .await
+            .expect("delete");
+        eventually("the worker stops the task", || {
+            let w = worker.http_addr();
+            async move { http_support::tasks_json(w).await.is_empty() }
+        })
+        .await;
+        let left = client.get_prefix(prefix.clone()).await.expect("get").body;
+        assert!(
+            left.is_empty(),
+            "left under {prefix}: {:?}",
+            left.iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect::<Vec<_>>()
+        );
+        worker.shutdown().await.expect("worker shutdown");
+        master.shutdown().await;
+        store.stop().await;
+    })
+    .await;
+}
