@@ -260,9 +260,10 @@ async fn page(State(s): State<Arc<Shared>>, Path(n): Path<u64>, headers: HeaderM
         let _ = write!(html, "<li><a href=\"{base}/p/{c}\">page {c}</a></li>");
     }
     let _ = write!(html, "</ul><a href=\"/p/0\">home</a>\n<p>");
-    let room = s.opts.page_bytes.saturating_sub(html.len() + 20);
+    const TAIL: &str = "</p></body></html>\n";
+    let room = s.opts.page_bytes.saturating_sub(html.len() + TAIL.len());
     html.push_str(&s.filler[..room.min(s.filler.len())]);
-    html.push_str("</p></body></html>\n");
+    html.push_str(TAIL);
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
