@@ -583,7 +583,7 @@ impl Checkpointer {
             }
         }
         drop(delta);
-        let bytes = encode(&frontier.snapshot(&self.resource_id, counters))?;
+        let bytes = encode(&frontier.snapshot_ref(&self.resource_id, counters))?;
         Ok(Prepared {
             base: true,
             bytes,

@@ -99,6 +99,26 @@ pub struct Snapshot {
     pub counters: Counters,
 }
 
+/// A [`Snapshot`] borrowing the frontier's queue: encodes exactly as the snapshot would, without
+/// copying every pending request first (a fold of a large frontier would double its memory).
+#[derive(Serialize)]
+pub struct SnapshotRef<'a> {
+    resource_id: &'a str,
+    seen: Vec<u64>,
+    pending: PendingRef<'a>,
+    counters: Counters,
+}
+
+/// In flight, then pending, as one sequence.
+struct PendingRef<'a>(&'a Frontier);
+
+impl Serialize for PendingRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Both iterators know their length, so the sequence's length is known up front.
+        s.collect_seq(self.0.in_flight.values().chain(self.0.pending.iter()))
+    }
+}
+
 /// What changed since the previous checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
@@ -231,6 +251,18 @@ impl Frontier {
                 .chain(self.pending.iter())
                 .cloned()
                 .collect(),
+            counters,
+        }
+    }
+
+    /// The full image, borrowed (see [`SnapshotRef`]).
+    pub fn snapshot_ref<'a>(&'a self, resource_id: &'a str, counters: Counters) -> SnapshotRef<'a> {
+        let mut seen: Vec<u64> = self.seen.iter().copied().collect();
+        seen.sort_unstable();
+        SnapshotRef {
+            resource_id,
+            seen,
+            pending: PendingRef(self),
             counters,
         }
     }
@@ -376,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn the_borrowed_snapshot_encodes_as_the_snapshot() {
+        let mut f = Frontier::new(false);
+        for i in 0..50 {
+            f.push(
+                &url(&format!("http://h/{i}")),
+                1,
+                (i % 2 == 0).then(|| "r".into()),
+            );
+        }
+        let _ = f.dispatch();
+        let _ = f.dispatch();
+        let c = Counters {
+            pages: 3,
+            items: 2,
+            errors: 1,
+        };
+        let cfg = bincode::config::standard();
+        let owned = bincode::serde::encode_to_vec(f.snapshot("id", c), cfg).expect("encode");
+        let borrowed = bincode::serde::encode_to_vec(f.snapshot_ref("id", c), cfg).expect("encode");
+        assert_eq!(owned, borrowed);
+    }
+
+    #[test]
     fn reload_completions_remove_one_copy_each() {
         let mut f = Frontier::new(true);
         let base = f.snapshot("r", Counters::default());
@@ -398,7 +453,10 @@ mod tests {
             s.insert(fingerprint_of(&format!("http://example.com/page/{i}")));
         }
         assert_eq!(s.len(), 1_000_000, "no collision among a million URLs");
-        let bytes = s.capacity() * (std::mem::size_of::<u64>() + 1);
+        // hashbrown: buckets = capacity · 8/7 rounded up to a power of two, 8 + 1 bytes each.
+        let buckets = (s.capacity() * 8 / 7).next_power_of_two();
+        let bytes = buckets * (std::mem::size_of::<u64>() + 1);
+        eprintln!("1M fingerprints: {buckets} buckets, {} MiB", bytes >> 20);
         assert!(bytes < 40 << 20, "{bytes}");
     }
 }
