@@ -295,8 +295,9 @@ pub enum ConfigError {
     NotPositive(&'static str),
     #[error("--election-timeout ({election}) must be at least 5 times --heartbeat-interval ({heartbeat})")]
     Timeouts { election: u64, heartbeat: u64 },
+    // Not a `#[source]`: the message already includes it, and `{:#}` would print it twice.
     #[error("--auto-compaction-retention: {0}")]
-    AutoCompactionRetention(#[source] RetentionError),
+    AutoCompactionRetention(RetentionError),
 }
 
 /// `--auto-compaction-retention` of `crawler store` when not given: off, as in etcd.
