@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crawler_raft::{ClusterState, NodeConfig};
 
+use crate::compactor::{self, CompactionMode, RetentionError};
 use crate::member::{Limits, MemberConfig};
 
 /// `crawler`: a distributed web crawler with a built-in etcd-compatible store.
@@ -194,6 +195,19 @@ pub struct StoreArgs {
     /// Log level: debug, info, warn, error (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Interpret --auto-compaction-retention as a time window (`periodic`) or as a number of
+    /// revisions (`revision`).
+    #[arg(long, value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: CompactionMode,
+    /// Auto compaction retention: periodic mode takes a duration (`30s`, `5m`, `1h30m`) or a
+    /// whole number of hours, revision mode a number of revisions; 0 turns it off. Default: 0
+    /// for `crawler store` (as etcd), 5m for `crawler master` and `crawler dev`.
+    // Hyphen values allowed so that `-1h` reaches the parser and gets its own error.
+    #[arg(long, allow_hyphen_values = true)]
+    pub auto_compaction_retention: Option<String>,
+    /// Testing only: how often the revision-mode compactor runs (etcd: 5m), a Go duration.
+    #[arg(long, hide = true, value_parser = parse_check_interval)]
+    pub auto_compaction_check_interval: Option<std::time::Duration>,
     /// Testing only: dial `<dial-url>` whenever a peer advertised as `<advertised-url>` is
     /// contacted (fault tests route peer links through proxies). Repeatable.
     #[arg(long = "peer-dial-override", hide = true, value_name = "ADVERTISED=DIAL",
@@ -303,7 +317,17 @@ pub enum ConfigError {
     NotPositive(&'static str),
     #[error("--election-timeout ({election}) must be at least 5 times --heartbeat-interval ({heartbeat})")]
     Timeouts { election: u64, heartbeat: u64 },
+    // Not a `#[source]`: the message already includes it, and `{:#}` would print it twice.
+    #[error("--auto-compaction-retention: {0}")]
+    AutoCompactionRetention(RetentionError),
 }
+
+/// `--auto-compaction-retention` of `crawler store` when not given: off, as in etcd.
+pub const STORE_AUTO_COMPACTION_RETENTION: &str = "0";
+/// `--auto-compaction-retention` of `crawler master` and `crawler dev` when not given: a
+/// crawler rewrites the same keys (checkpoints, assignments) forever, and its watchers reload
+/// after a compaction, so five minutes of history is plenty (kube-apiserver compacts every 5m).
+pub const EMBEDDED_AUTO_COMPACTION_RETENTION: &str = "5m";
 
 /// Parse one `http://host:port` URL strictly.
 pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
@@ -374,6 +398,14 @@ pub fn parse_dial_override(s: &str) -> Result<(String, String), UrlError> {
     Ok((parse_url(from)?.to_string(), parse_url(to)?.to_string()))
 }
 
+/// Parse the hidden `--auto-compaction-check-interval` (a positive Go duration).
+fn parse_check_interval(s: &str) -> Result<std::time::Duration, RetentionError> {
+    match compactor::parse_go_duration(s)? {
+        d if d.is_zero() => Err(RetentionError::Duration(s.into())),
+        d => Ok(d),
+    }
+}
+
 /// Parse `--initial-cluster` (`name=url,...`; a name may repeat for several URLs).
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::new();
@@ -397,8 +429,14 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, ConfigErr
 }
 
 impl StoreArgs {
-    /// Validate the flags and build the member configuration.
+    /// Validate the flags and build the member configuration (`crawler store`'s defaults).
     pub fn member_config(&self) -> Result<MemberConfig, ConfigError> {
+        self.member_config_with(STORE_AUTO_COMPACTION_RETENTION)
+    }
+
+    /// Like `member_config`, with `retention` when `--auto-compaction-retention` is not given
+    /// (master and dev default to compacting).
+    pub fn member_config_with(&self, retention: &str) -> Result<MemberConfig, ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::EmptyName);
         }
@@ -464,6 +502,16 @@ impl StoreArgs {
             });
         }
 
+        let auto_compaction = compactor::parse_retention(
+            self.auto_compaction_mode,
+            self.auto_compaction_retention
+                .as_deref()
+                .unwrap_or(retention),
+            self.auto_compaction_check_interval
+                .unwrap_or(compactor::REVISION_CHECK_INTERVAL),
+        )
+        .map_err(ConfigError::AutoCompactionRetention)?;
+
         let data_dir = self
             .data_dir
             .clone()
@@ -491,6 +539,7 @@ impl StoreArgs {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
             },
+            auto_compaction,
         })
     }
 }
@@ -498,6 +547,7 @@ impl StoreArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
     fn store(args: &[&str]) -> Result<StoreArgs, clap::Error> {
         let mut v = vec!["crawler", "store"];
@@ -609,5 +659,92 @@ mod tests {
 
         let err = store(&["--listen-client-urls", "localhost:2379"]).expect_err("bad url");
         assert!(err.to_string().contains("--listen-client-urls"), "{err}");
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        use crate::compactor::AutoCompaction;
+        use std::time::Duration;
+
+        let plain = store(&[]).expect("parse");
+        assert_eq!(
+            plain.member_config().expect("valid").auto_compaction,
+            AutoCompaction::Off,
+            "crawler store does not compact unless asked (etcd's default)"
+        );
+        assert_eq!(
+            plain
+                .member_config_with(EMBEDDED_AUTO_COMPACTION_RETENTION)
+                .expect("valid")
+                .auto_compaction,
+            AutoCompaction::Periodic {
+                retention: Duration::from_secs(300)
+            }
+        );
+        let off = store(&["--auto-compaction-retention", "0"]).expect("parse");
+        assert_eq!(
+            off.member_config_with(EMBEDDED_AUTO_COMPACTION_RETENTION)
+                .expect("valid")
+                .auto_compaction,
+            AutoCompaction::Off,
+            "an explicit 0 turns the embedded default off"
+        );
+        let rev = store(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1000",
+        ])
+        .expect("parse");
+        assert_eq!(
+            rev.member_config().expect("valid").auto_compaction,
+            AutoCompaction::Revision {
+                retention: 1000,
+                interval: Duration::from_secs(300)
+            }
+        );
+        let fast = store(&[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=10",
+            "--auto-compaction-check-interval=200ms",
+        ])
+        .expect("parse");
+        assert_eq!(
+            fast.member_config().expect("valid").auto_compaction,
+            AutoCompaction::Revision {
+                retention: 10,
+                interval: Duration::from_millis(200)
+            }
+        );
+
+        let err = store(&["--auto-compaction-mode", "hourly"]).expect_err("bad mode");
+        assert!(err.to_string().contains("--auto-compaction-mode"), "{err}");
+        let err = store(&["--auto-compaction-check-interval", "0"]).expect_err("zero");
+        assert!(
+            err.to_string().contains("--auto-compaction-check-interval"),
+            "{err}"
+        );
+        for (mode, bad) in [("periodic", "5x"), ("periodic", "-1h"), ("revision", "5m")] {
+            let err = store(&[
+                "--auto-compaction-mode",
+                mode,
+                "--auto-compaction-retention",
+                bad,
+            ])
+            .expect("parse")
+            .member_config()
+            .expect_err("bad retention");
+            assert!(
+                err.to_string().starts_with("--auto-compaction-retention: "),
+                "{err}"
+            );
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("store")
+            .expect("store command")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--auto-compaction-retention"), "{help}");
+        assert!(!help.contains("--auto-compaction-check-interval"), "{help}");
     }
 }

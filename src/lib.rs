@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod compactor;
 pub mod config;
 pub mod crawl;
 pub mod dev;

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiContext};
+use crate::compactor::{AutoCompaction, Compactor};
 use crate::lessor::{Lessor, LessorConfig};
 use crate::watch_hub::WatchHub;
 
@@ -43,12 +44,15 @@ pub struct MemberConfig {
     pub listen_client: SocketAddr,
     /// Client request limits.
     pub limits: Limits,
+    /// `--auto-compaction-mode` / `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
 }
 
 /// A running member. Dropping it does not stop it; call `shutdown`.
 pub struct Member {
     client_addr: SocketAddr,
     ctx: ApiContext,
+    compactor: Option<Compactor>,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -72,6 +76,7 @@ impl Member {
             .context("cannot start raft")?;
         hub.attach(raft.store().clone());
         let lessor = Lessor::start_with(raft.clone(), lease_timing);
+        let compactor = Compactor::start(raft.clone(), cfg.auto_compaction);
         let ctx = ApiContext::new(raft, hub, lessor, cfg.limits);
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -98,6 +103,7 @@ impl Member {
         Ok(Member {
             client_addr,
             ctx,
+            compactor,
             stop_server: Some(stop_tx),
             server,
         })
@@ -144,6 +150,9 @@ impl Member {
             }
         }
         self.ctx.lessor.stop();
+        if let Some(c) = self.compactor.take() {
+            c.stop();
+        }
         self.ctx
             .raft
             .shutdown()

@@ -47,6 +47,7 @@ impl Fixture {
             },
             listen_client: "127.0.0.1:0".parse().expect("addr"),
             limits: Limits::default(),
+            auto_compaction: crawler::compactor::AutoCompaction::Off,
         };
         let member = Member::start(cfg).await.expect("member starts");
         let url = format!("http://{}", member.client_addr());

@@ -52,6 +52,7 @@ fn node_config(
         },
         listen_client: format!("127.0.0.1:{client_port}").parse().expect("addr"),
         limits: Limits::default(),
+        auto_compaction: crawler::compactor::AutoCompaction::Off,
     }
 }
 

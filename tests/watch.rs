@@ -460,6 +460,7 @@ impl TestMember {
             node,
             listen_client: SocketAddr::from(([127, 0, 0, 1], 0)),
             limits: Limits::default(),
+            auto_compaction: crawler::compactor::AutoCompaction::Off,
         })
         .await
         .expect("start member");

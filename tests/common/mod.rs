@@ -130,6 +130,8 @@ pub struct Node {
     pub initial_cluster: String,
     /// `--initial-cluster-state` value (`new` or `existing`).
     pub cluster_state: String,
+    /// Further server flags, passed after the harness's own.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -146,6 +148,7 @@ impl Node {
             log_path: dir.join(format!("{name}.log")),
             initial_cluster: String::new(),
             cluster_state: "new".to_string(),
+            extra_args: Vec::new(),
             child: None,
         }
     }
@@ -210,6 +213,7 @@ impl Node {
             "--election-timeout",
             &ELECTION_MS.to_string(),
         ])
+        .args(&self.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err));
@@ -369,6 +373,11 @@ impl Cluster {
     /// Start `n` members (`n1..nN`) as a new cluster and wait until each is healthy.
     /// Retries with fresh ports when a process fails with "address in use".
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Like [`Cluster::start`], passing `extra_args` to every member.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let slot = SlotGuard::acquire();
         let mut attempt = 0;
         loop {
@@ -384,6 +393,7 @@ impl Cluster {
             let initial = initial.join(",");
             for node in nodes.iter_mut() {
                 node.initial_cluster = initial.clone();
+                node.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
                 node.start();
             }
             match wait_all_healthy(&mut nodes, START_DEADLINE) {

@@ -164,6 +164,7 @@ impl Backend {
                     },
                     listen_client: SocketAddr::from(([127, 0, 0, 1], client)),
                     limits: Limits::default(),
+                    auto_compaction: crawler::compactor::AutoCompaction::Off,
                 };
                 let member = Member::start(cfg).await.expect("member starts");
                 let b = Backend::Store {
