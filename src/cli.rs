@@ -201,7 +201,7 @@ pub struct StoreArgs {
     pub auto_compaction_mode: CompactionMode,
     /// Auto compaction retention: periodic mode takes a duration (`30s`, `5m`, `1h30m`) or a
     /// whole number of hours, revision mode a number of revisions; 0 turns it off. Default: 0
-    /// for `crawler store` (as etcd), 5m for `crawler master` and `crawler dev`.
+    /// for `crawler store` (as etcd), 1m for `crawler master` and `crawler dev`.
     // Hyphen values allowed so that `-1h` reaches the parser and gets its own error.
     #[arg(long, allow_hyphen_values = true)]
     pub auto_compaction_retention: Option<String>,
@@ -325,9 +325,9 @@ pub enum ConfigError {
 /// `--auto-compaction-retention` of `crawler store` when not given: off, as in etcd.
 pub const STORE_AUTO_COMPACTION_RETENTION: &str = "0";
 /// `--auto-compaction-retention` of `crawler master` and `crawler dev` when not given: a
-/// crawler rewrites the same keys (checkpoints, assignments) forever, and its watchers reload
-/// after a compaction, so five minutes of history is plenty (kube-apiserver compacts every 5m).
-pub const EMBEDDED_AUTO_COMPACTION_RETENTION: &str = "5m";
+/// crawler writes checkpoints many times a second for days, and its watchers reload after a
+/// compaction, so one minute of history is enough (kube-apiserver keeps 5m of far fewer writes).
+pub const EMBEDDED_AUTO_COMPACTION_RETENTION: &str = "1m";
 
 /// Parse one `http://host:port` URL strictly.
 pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
@@ -678,7 +678,7 @@ mod tests {
                 .expect("valid")
                 .auto_compaction,
             AutoCompaction::Periodic {
-                retention: Duration::from_secs(300)
+                retention: Duration::from_secs(60)
             }
         );
         let off = store(&["--auto-compaction-retention", "0"]).expect("parse");
