@@ -436,3 +436,220 @@ async fn a_deleted_task_leaves_nothing_under_its_key_space() {
     })
     .await;
 }
+
+// ---- a long run stays bounded -----------------------------------------------------------------
+
+/// `crawler dev` (store + master + worker in one process), killed on drop.
+struct DevProcess {
+    child: std::process::Child,
+    client_url: String,
+    worker_http: SocketAddr,
+}
+
+impl DevProcess {
+    fn spawn(dir: &Path, config: &Path, extra: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let port = || etcd_support::free_port();
+        let client_url = format!("http://127.0.0.1:{}", port());
+        let peer_url = format!("http://127.0.0.1:{}", port());
+        let worker_http = addr(&format!("127.0.0.1:{}", port()));
+        let mut args = vec![
+            "dev".to_string(),
+            "--config".into(),
+            config.to_str().expect("utf-8 path").into(),
+            "--data-dir".into(),
+            dir.join("store").to_str().expect("utf-8 path").into(),
+            "--listen-client-urls".into(),
+            client_url.clone(),
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url,
+            "--master-http".into(),
+            format!("127.0.0.1:{}", port()),
+            "--master-grpc".into(),
+            format!("127.0.0.1:{}", port()),
+            "--worker-http".into(),
+            worker_http.to_string(),
+            "--worker-grpc".into(),
+            format!("127.0.0.1:{}", port()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crawler"))
+            .args(&args)
+            .env_remove("CRAWLER_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn crawler dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let dev = Self {
+            child,
+            client_url,
+            worker_http,
+        };
+        loop {
+            match rx.recv_timeout(WAIT) {
+                Ok(line) if line.starts_with("crawler dev ready:") => return dev,
+                Ok(_) => continue,
+                Err(_) => panic!("crawler dev printed no ready line within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Resident memory, bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// The store's db size (`etcdctl endpoint status`), bytes.
+    fn db_size(&self) -> u64 {
+        let out = std::process::Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.client_url,
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        v[0]["Status"]["dbSize"].as_u64().expect("dbSize")
+    }
+
+    /// Keys in the store.
+    async fn keys(&self) -> i64 {
+        let cfg = crawler::kv_client::RemoteConfig::new([self.client_url.clone()]);
+        let c = crawler::kv_client::RemoteKvClient::new(cfg).expect("client");
+        let r = c
+            .range(crawler::kv_client::RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("count");
+        r.body.count
+    }
+
+    async fn pages(&self) -> u64 {
+        http_support::tasks_json(self.worker_http)
+            .await
+            .iter()
+            .find(|r| r["name"] == "chain")
+            .and_then(|r| r["stats"]["pages_fetched"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// One sample of a long run.
+#[derive(Debug)]
+struct Sample {
+    pages: u64,
+    keys: i64,
+    db: u64,
+    rss: u64,
+}
+
+/// A chain of pages (fan-out 1: the frontier stays one request) crawled with a checkpoint per
+/// page, so the store takes two writes per page; with a 2 s compaction window the store's keys,
+/// its db size and the process's memory level off instead of growing with the pages crawled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_crawl_with_compaction_keeps_store_and_memory_bounded() {
+    if !Path::new(ETCDCTL).exists() {
+        eprintln!("SKIPPED: no {ETCDCTL}");
+        return;
+    }
+    run(async {
+        const PAGES: u64 = 16_000;
+        let opts = SiteOptions {
+            fanout: 1,
+            pages: PAGES + 1,
+            page_bytes: 512,
+            latency: Duration::ZERO,
+        };
+        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+            .await
+            .expect("site");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("chain.toml");
+        let text = format!(
+            "logLevel = \"warn\"\nDataDir = \"{}\"\n{}",
+            dir.path().join("results").display(),
+            task_toml(
+                "chain",
+                &site.seed(),
+                &format!("MaxPages = {PAGES}\nConcurrency = 1\nCheckpointPages = 1")
+            )
+        );
+        Config::parse(&text, "chain.toml").expect("config");
+        std::fs::write(&config, text).expect("write config");
+        let dev = DevProcess::spawn(dir.path(), &config, &["--auto-compaction-retention", "2s"]);
+        let mut samples: Vec<Sample> = Vec::new();
+        for at in [4_000, 8_000, 12_000, PAGES] {
+            let deadline = tokio::time::Instant::now() + WAIT * 2;
+            loop {
+                if dev.pages().await >= at {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the crawl stalled before {at} pages: {samples:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples.push(Sample {
+                pages: dev.pages().await,
+                keys: dev.keys().await,
+                db: dev.db_size(),
+                rss: dev.rss(),
+            });
+        }
+        eprintln!("{samples:#?}");
+        let first = &samples[0];
+        for s in &samples[1..] {
+            assert!(s.pages > first.pages, "{samples:#?}");
+            // Live keys: resources, registrations, the manifest, a base and the deltas not yet
+            // folded (at most 1024): never more than after the first 4000 pages plus a fold's.
+            assert!(s.keys <= first.keys.max(100) + 1100, "{samples:#?}");
+            // Two writes a page would add about 1 KiB a page of history without compaction
+            // (12 MiB more by the last sample); compacted, the db stays within a few MiB.
+            assert!(s.db <= first.db + (6 << 20), "{samples:#?}");
+            assert!(s.rss <= first.rss + (48 << 20), "{samples:#?}");
+        }
+        let total = site.stats().requests.load(Ordering::Relaxed);
+        assert!(total >= PAGES, "{total}");
+        drop(dev);
+    })
+    .await;
+}
