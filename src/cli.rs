@@ -183,9 +183,10 @@ pub struct StoreArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Number of committed transactions to trigger a snapshot to disk.
-    #[arg(long, default_value_t = 100000)]
-    pub snapshot_count: u64,
+    /// Number of committed transactions to trigger a snapshot to disk (the raft log is purged
+    /// up to it) [default: 100000; master and dev: 10000].
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
@@ -322,6 +323,31 @@ pub enum ConfigError {
     AutoCompactionRetention(RetentionError),
 }
 
+/// Defaults of the store flags that differ between `crawler store` and the members that
+/// `crawler master` and `crawler dev` embed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberDefaults {
+    /// `--auto-compaction-retention`.
+    pub auto_compaction_retention: &'static str,
+    /// `--snapshot-count`.
+    pub snapshot_count: u64,
+}
+
+/// `crawler store`: etcd's defaults (no compaction, a snapshot every 100000 entries).
+pub const STORE_DEFAULTS: MemberDefaults = MemberDefaults {
+    auto_compaction_retention: STORE_AUTO_COMPACTION_RETENTION,
+    snapshot_count: 100_000,
+};
+
+/// `crawler master` and `crawler dev`: a crawler's store takes checkpoints without end, so it
+/// compacts, and snapshots every 10000 entries (etcd's default before 3.2) so that the raft
+/// log on disk is purged often: with 100000, a crawl's log held every checkpoint of the last
+/// 100000 entries.
+pub const EMBEDDED_DEFAULTS: MemberDefaults = MemberDefaults {
+    auto_compaction_retention: EMBEDDED_AUTO_COMPACTION_RETENTION,
+    snapshot_count: 10_000,
+};
+
 /// `--auto-compaction-retention` of `crawler store` when not given: off, as in etcd.
 pub const STORE_AUTO_COMPACTION_RETENTION: &str = "0";
 /// `--auto-compaction-retention` of `crawler master` and `crawler dev` when not given: a
@@ -431,12 +457,17 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, ConfigErr
 impl StoreArgs {
     /// Validate the flags and build the member configuration (`crawler store`'s defaults).
     pub fn member_config(&self) -> Result<MemberConfig, ConfigError> {
-        self.member_config_with(STORE_AUTO_COMPACTION_RETENTION)
+        self.member_config_with(STORE_DEFAULTS)
     }
 
-    /// Like `member_config`, with `retention` when `--auto-compaction-retention` is not given
-    /// (master and dev default to compacting).
-    pub fn member_config_with(&self, retention: &str) -> Result<MemberConfig, ConfigError> {
+    /// Like `member_config`, with `defaults` for the flags not given (master and dev compact
+    /// and snapshot more often than a plain store).
+    pub fn member_config_with(
+        &self,
+        defaults: MemberDefaults,
+    ) -> Result<MemberConfig, ConfigError> {
+        let retention = defaults.auto_compaction_retention;
+        let snapshot_count = self.snapshot_count.unwrap_or(defaults.snapshot_count);
         if self.name.is_empty() {
             return Err(ConfigError::EmptyName);
         }
@@ -455,7 +486,7 @@ impl StoreArgs {
         if self.max_txn_ops == 0 {
             return Err(ConfigError::NotPositive("max-txn-ops"));
         }
-        if self.snapshot_count == 0 {
+        if snapshot_count == 0 {
             return Err(ConfigError::NotPositive("snapshot-count"));
         }
         let first = |list: &UrlList, flag: &'static str| -> Result<SocketAddr, ConfigError> {
@@ -531,7 +562,7 @@ impl StoreArgs {
                 cluster_token: self.initial_cluster_token.clone(),
                 heartbeat_interval_ms: self.heartbeat_interval,
                 election_timeout_ms: self.election_timeout,
-                snapshot_count: self.snapshot_count,
+                snapshot_count,
                 peer_dial_overrides: self.peer_dial_overrides.iter().cloned().collect(),
             },
             listen_client,
@@ -674,7 +705,7 @@ mod tests {
         );
         assert_eq!(
             plain
-                .member_config_with(EMBEDDED_AUTO_COMPACTION_RETENTION)
+                .member_config_with(EMBEDDED_DEFAULTS)
                 .expect("valid")
                 .auto_compaction,
             AutoCompaction::Periodic {
@@ -683,7 +714,7 @@ mod tests {
         );
         let off = store(&["--auto-compaction-retention", "0"]).expect("parse");
         assert_eq!(
-            off.member_config_with(EMBEDDED_AUTO_COMPACTION_RETENTION)
+            off.member_config_with(EMBEDDED_DEFAULTS)
                 .expect("valid")
                 .auto_compaction,
             AutoCompaction::Off,

@@ -80,7 +80,7 @@ fn print_line(line: &str) {
 /// Start a store member from the store flags (auto-compaction on unless the flags say otherwise),
 /// and wait (bounded) until the cluster has a leader.
 async fn start_member(store: &StoreArgs) -> anyhow::Result<Member> {
-    let cfg = store.member_config_with(crate::cli::EMBEDDED_AUTO_COMPACTION_RETENTION)?;
+    let cfg = store.member_config_with(crate::cli::EMBEDDED_DEFAULTS)?;
     let member = Member::start(cfg).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     while member.raft().status().leader.is_none() {

@@ -782,16 +782,16 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
     let guard = cs.guard(&res).await.expect("owner");
     let mut cp = Checkpointer::new(cs.clone(), "501", None);
 
-    // Large enough for several chunks.
+    // Large enough for several chunks, even deflated: paths carry 64 random-looking bits.
     let mut f = Frontier::new(false);
     let push = |f: &mut Frontier, from: usize, to: usize| {
         for i in from..to {
-            let u = url::Url::parse(&format!("http://h/some/longer/path/to/page/{i}?x={i}"))
-                .expect("url");
+            let h = crawler::crawl::frontier::fingerprint_of(&i.to_string());
+            let u = url::Url::parse(&format!("http://h/page/{h:016x}?x={i}")).expect("url");
             f.push(&u, 1, Some("item".into()));
         }
     };
-    push(&mut f, 0, 12_000);
+    push(&mut f, 0, 30_000);
     let mut counters = Counters {
         pages: 7,
         items: 5,
@@ -810,7 +810,7 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
     // Small changes: deltas proportional to the change, not to the frontier.
     let mut last = m1.clone();
     for round in 0..5 {
-        let (t, _) = f.dispatch().expect("a request");
+        let (t, _) = f.dispatch().expect("read").expect("a request");
         f.complete(t);
         push(&mut f, 20_000 + round * 10, 20_000 + round * 10 + 10);
         counters.pages += 1;
@@ -824,16 +824,19 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
     let loaded = cs.load("501").await.expect("load").expect("a checkpoint");
     assert_eq!(loaded.manifest, last);
     assert_eq!(loaded.deltas.len(), 5);
-    let (g, c) = loaded.into_frontier(false);
+    let (g, c) = loaded.into_frontier(false, None);
     assert_eq!(c, counters);
-    assert_eq!(g.snapshot("501", c), f.snapshot("501", counters));
+    assert_eq!(
+        g.snapshot("501", c).expect("snapshot"),
+        f.snapshot("501", counters).expect("snapshot")
+    );
     assert!(
         cs.load("999").await.expect("load").is_none(),
         "another resource's"
     );
 
     // A change as large as the base folds everything into a new base.
-    push(&mut f, 40_000, 60_000);
+    push(&mut f, 40_000, 90_000);
     let p = cp.prepare(&mut f, counters).expect("prepare");
     assert!(p.base, "deltas as large as the base are folded");
     let m2 = cp.commit(&p, &guard).await.expect("fold");
@@ -850,8 +853,11 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
         .await
         .expect("load")
         .expect("a checkpoint")
-        .into_frontier(false);
-    assert_eq!(g.snapshot("501", counters), f.snapshot("501", counters));
+        .into_frontier(false, None);
+    assert_eq!(
+        g.snapshot("501", counters).expect("snapshot"),
+        f.snapshot("501", counters).expect("snapshot")
+    );
 
     // Moved to another worker: this run's writes are refused, the checkpoint is kept.
     put_resource(
@@ -859,7 +865,7 @@ async fn checkpoints_are_chunked_and_fenced(client: Arc<dyn KvClient>) {
         &resource("fenced", "501", "go.micro.server.worker-2|h:2"),
     )
     .await;
-    push(&mut f, 70_000, 70_001);
+    push(&mut f, 95_000, 95_001);
     let p = cp.prepare(&mut f, counters).expect("prepare");
     assert!(matches!(
         cp.commit(&p, &guard).await,

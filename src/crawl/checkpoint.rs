@@ -3,10 +3,10 @@
 //! previous one, not everything seen so far.
 //!
 //! Store layout, under `/crawler/tasks/<task>/`:
-//! - `base/<generation>/<chunk>`: a full bincode [`Snapshot`] cut into chunks of at most
+//! - `base/<generation>/<chunk>`: a full [`Snapshot`] (bincode, deflated) cut into chunks of at most
 //!   [`CHUNK_BYTES`] (far below etcd's 1.5 MiB request limit). A generation is unique per
 //!   writer and save, so chunks that a manifest points to are never overwritten.
-//! - `delta/<seq>`: a bincode [`Delta`]: what changed in one checkpoint interval.
+//! - `delta/<seq>`: a [`Delta`] (bincode, deflated): what changed in one checkpoint interval.
 //! - `manifest`: JSON [`Manifest`]: the current base, the live delta range, the counters.
 //! - `done`: JSON [`DoneMarker`] once the task has finished; a finished task is not run again.
 //!
@@ -21,6 +21,7 @@
 //! this run was started for ([`OwnerGuard`]): a worker the task was moved away from (paused,
 //! partitioned) cannot overwrite the new owner's progress.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -110,6 +111,9 @@ pub enum CheckpointError {
     /// A stored checkpoint is unreadable (ignored: the run starts from its seeds).
     #[error("checkpoint unreadable: {0}")]
     Corrupt(String),
+    /// The frontier's spilled requests could not be read back to write a base.
+    #[error("{0}")]
+    Spill(#[from] super::queue::SpillError),
 }
 
 /// What a run's store writes are guarded by: the resource key holding exactly the value the run
@@ -152,9 +156,9 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The frontier and counters it describes.
-    pub fn into_frontier(self, reload: bool) -> (Frontier, Counters) {
-        Frontier::restore(self.base, self.deltas, reload)
+    /// The frontier and counters it describes (its queue spilling under `spill`, if given).
+    pub fn into_frontier(self, reload: bool, spill: Option<PathBuf>) -> (Frontier, Counters) {
+        Frontier::restore(self.base, self.deltas, reload, spill)
     }
 }
 
@@ -186,14 +190,23 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Largest decoded checkpoint record (a corrupt length must not allocate without bound).
+const DECODE_LIMIT: usize = 1 << 30;
+
+/// bincode, deflated: URLs share long prefixes, so a base shrinks several times. Streamed, so
+/// a base is never held uncompressed.
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CheckpointError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    bincode::serde::encode_into_std_write(v, &mut z, bincode::config::standard())
+        .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
+    z.finish()
         .map_err(|e| CheckpointError::Corrupt(e.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CheckpointError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
+    let mut z = flate2::read::DeflateDecoder::new(bytes);
+    let cfg = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    bincode::serde::decode_from_std_read(&mut z, cfg)
         .map_err(|e| CheckpointError::Corrupt(format!("{what}: {e}")))
 }
 

@@ -6,11 +6,15 @@
 //! hash table's slack, instead of whole strings. Two distinct URLs share a fingerprint with
 //! probability about n²/2⁶⁵ over n URLs (3·10⁻⁸ for a million): such a URL would be skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
 
+use serde::ser::SerializeSeq as _;
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+use super::queue::{PendingQueue, SpillError};
 
 /// One pending fetch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +116,33 @@ pub struct SnapshotRef<'a> {
 /// In flight, then pending, as one sequence.
 struct PendingRef<'a>(&'a Frontier);
 
+/// A spill file that could not be read, or the serializer's own error.
+enum VisitError<E> {
+    Spill(SpillError),
+    Ser(E),
+}
+
+impl<E> From<SpillError> for VisitError<E> {
+    fn from(e: SpillError) -> Self {
+        Self::Spill(e)
+    }
+}
+
 impl Serialize for PendingRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Both iterators know their length, so the sequence's length is known up front.
-        s.collect_seq(self.0.in_flight.values().chain(self.0.pending.iter()))
+        let f = self.0;
+        let mut seq = s.serialize_seq(Some(f.in_flight.len() + f.pending.len()))?;
+        for r in f.in_flight.values() {
+            seq.serialize_element(r)?;
+        }
+        match f
+            .pending
+            .try_for_each(|r| seq.serialize_element(r).map_err(VisitError::Ser))
+        {
+            Ok(()) => seq.end(),
+            Err(VisitError::Ser(e)) => Err(e),
+            Err(VisitError::Spill(e)) => Err(serde::ser::Error::custom(e)),
+        }
     }
 }
 
@@ -144,10 +171,11 @@ impl Delta {
 pub struct Ticket(u64);
 
 /// Dedup set, pending queue and requests in flight of one task.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Frontier {
     seen: FingerprintSet,
-    pending: VecDeque<Request>,
+    /// Spilled to disk past a few thousand requests when given a directory.
+    pending: PendingQueue,
     /// Handed out, not yet complete: still "pending" in every checkpoint (fetched again after
     /// a crash), in the order they were handed out.
     in_flight: BTreeMap<Ticket, Request>,
@@ -161,6 +189,15 @@ impl Frontier {
     pub fn new(reload: bool) -> Self {
         Self {
             reload,
+            ..Self::default()
+        }
+    }
+
+    /// An empty frontier whose pending queue spills to files under `dir`.
+    pub fn spilling(reload: bool, dir: PathBuf) -> Self {
+        Self {
+            reload,
+            pending: PendingQueue::new(Some(dir)),
             ..Self::default()
         }
     }
@@ -183,12 +220,15 @@ impl Frontier {
     }
 
     /// Hand out the next request; it stays in every checkpoint until [`Frontier::complete`].
-    pub fn dispatch(&mut self) -> Option<(Ticket, Request)> {
-        let req = self.pending.pop_front()?;
+    /// `Err` when spilled requests cannot be read back.
+    pub fn dispatch(&mut self) -> Result<Option<(Ticket, Request)>, SpillError> {
+        let Some(req) = self.pending.pop_front()? else {
+            return Ok(None);
+        };
         let t = Ticket(self.next_ticket);
         self.next_ticket += 1;
         self.in_flight.insert(t, req.clone());
-        Some((t, req))
+        Ok(Some((t, req)))
     }
 
     /// The request of `ticket` is done (whatever its outcome).
@@ -239,20 +279,20 @@ impl Frontier {
     }
 
     /// The full image (in flight first: they were handed out before anything still queued).
-    pub fn snapshot(&self, resource_id: &str, counters: Counters) -> Snapshot {
+    pub fn snapshot(&self, resource_id: &str, counters: Counters) -> Result<Snapshot, SpillError> {
         let mut seen: Vec<u64> = self.seen.iter().copied().collect();
         seen.sort_unstable();
-        Snapshot {
+        let mut pending: Vec<Request> = self.in_flight.values().cloned().collect();
+        self.pending.try_for_each(|r| {
+            pending.push(r.clone());
+            Ok::<_, SpillError>(())
+        })?;
+        Ok(Snapshot {
             resource_id: resource_id.to_string(),
             seen,
-            pending: self
-                .in_flight
-                .values()
-                .chain(self.pending.iter())
-                .cloned()
-                .collect(),
+            pending,
             counters,
-        }
+        })
     }
 
     /// The full image, borrowed (see [`SnapshotRef`]).
@@ -267,9 +307,14 @@ impl Frontier {
         }
     }
 
-    /// Rebuild from a base and the deltas written after it, in order. Returns the counters of
-    /// the newest of them.
-    pub fn restore(base: Snapshot, deltas: Vec<Delta>, reload: bool) -> (Self, Counters) {
+    /// Rebuild from a base and the deltas written after it, in order, spilling to `spill` if
+    /// given. Returns the counters of the newest of them.
+    pub fn restore(
+        base: Snapshot,
+        deltas: Vec<Delta>,
+        reload: bool,
+        spill: Option<PathBuf>,
+    ) -> (Self, Counters) {
         let mut seen: FingerprintSet = base.seen.into_iter().collect();
         let mut counters = base.counters;
         let mut done: HashMap<u64, usize> = HashMap::new();
@@ -287,16 +332,13 @@ impl Frontier {
         }
         // A done request leaves the queue once per completion (with `Reload` a URL can be
         // queued twice): the earliest copy goes.
-        let pending = queue
-            .into_iter()
-            .filter(|r| match done.get_mut(&r.fingerprint()) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    false
-                }
-                _ => true,
-            })
-            .collect();
+        let mut pending = PendingQueue::new(spill);
+        for r in queue {
+            match done.get_mut(&r.fingerprint()) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => pending.push_back(r),
+            }
+        }
         let f = Self {
             seen,
             pending,
@@ -317,6 +359,7 @@ mod tests {
 
     fn urls(f: &Frontier) -> Vec<String> {
         f.snapshot("x", Counters::default())
+            .expect("snapshot")
             .pending
             .into_iter()
             .map(|r| r.url)
@@ -335,9 +378,12 @@ mod tests {
         assert!(!f.push(&url("http://H/a?a=2&b=1#x"), 1, None));
         assert!(f.push(&url("http://h/b"), 1, Some("r".into())));
         assert_eq!(f.pending_len(), 2);
-        let snap = f.snapshot("7", Counters::default());
-        let (g, _) = Frontier::restore(snap.clone(), Vec::new(), false);
-        assert_eq!(g.snapshot("7", Counters::default()), snap);
+        let snap = f.snapshot("7", Counters::default()).expect("snapshot");
+        let (g, _) = Frontier::restore(snap.clone(), Vec::new(), false, None);
+        assert_eq!(
+            g.snapshot("7", Counters::default()).expect("snapshot"),
+            snap
+        );
         assert_eq!(urls(&g), ["http://h/a?a=2&b=1", "http://h/b"]);
 
         let mut r = Frontier::new(true);
@@ -351,8 +397,8 @@ mod tests {
         for p in ["a", "b", "c"] {
             f.push(&url(&format!("http://h/{p}")), 0, None);
         }
-        let (ta, _) = f.dispatch().expect("a");
-        let (tb, b) = f.dispatch().expect("b");
+        let (ta, _) = f.dispatch().expect("read").expect("a");
+        let (tb, b) = f.dispatch().expect("read").expect("b");
         assert_eq!(b.url, "http://h/b");
         assert_eq!(f.pending_len(), 3);
         assert_eq!(urls(&f), ["http://h/a", "http://h/b", "http://h/c"]);
@@ -373,16 +419,16 @@ mod tests {
         };
         let mut live = Frontier::new(false);
         live.push(&url("http://h/0"), 0, None);
-        let base = live.snapshot("r", c(0));
+        let base = live.snapshot("r", c(0)).expect("snapshot");
         live.clear_delta();
         let mut deltas = Vec::new();
         let mut pages = 0;
         for round in 0..5 {
             // Two requests out, one back, new links, one redirect target.
-            let Some((t1, r1)) = live.dispatch() else {
+            let Some((t1, r1)) = live.dispatch().expect("read") else {
                 break;
             };
-            let second = live.dispatch();
+            let second = live.dispatch().expect("read");
             let d = r1.depth + 1;
             for k in 0..3 {
                 live.push(&url(&format!("http://h/{round}-{k}")), d, None);
@@ -399,12 +445,38 @@ mod tests {
             }
             deltas.push(live.take_delta(c(pages)));
         }
-        let (restored, counters) = Frontier::restore(base, deltas, false);
+        let (restored, counters) = Frontier::restore(base, deltas, false, None);
         assert_eq!(counters, c(pages));
         assert_eq!(urls(&restored), urls(&live));
         assert_eq!(restored.seen_len(), live.seen_len());
         assert!(restored.has_seen(&url("http://h/redirected-3")));
         assert!(restored.has_seen(&url("http://h/0")));
+    }
+
+    #[test]
+    fn a_spilling_frontier_checkpoints_and_restores_the_same_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = Frontier::spilling(false, dir.path().join("a"));
+        for i in 0..30_000 {
+            f.push(&url(&format!("http://h/{i}")), 1, None);
+        }
+        let _ = f.dispatch().expect("read");
+        let snap = f.snapshot("s", Counters::default()).expect("snapshot");
+        assert_eq!(snap.pending.len(), 30_000);
+        let cfg = bincode::config::standard();
+        let owned = bincode::serde::encode_to_vec(&snap, cfg).expect("encode");
+        let borrowed = bincode::serde::encode_to_vec(f.snapshot_ref("s", Counters::default()), cfg)
+            .expect("encode");
+        assert_eq!(owned, borrowed);
+        let (g, _) = Frontier::restore(snap.clone(), Vec::new(), false, Some(dir.path().join("b")));
+        assert!(
+            dir.path().join("b").exists(),
+            "the restored queue spills too"
+        );
+        assert_eq!(
+            g.snapshot("s", Counters::default()).expect("snapshot"),
+            snap
+        );
     }
 
     #[test]
@@ -417,15 +489,16 @@ mod tests {
                 (i % 2 == 0).then(|| "r".into()),
             );
         }
-        let _ = f.dispatch();
-        let _ = f.dispatch();
+        let _ = f.dispatch().expect("read");
+        let _ = f.dispatch().expect("read");
         let c = Counters {
             pages: 3,
             items: 2,
             errors: 1,
         };
         let cfg = bincode::config::standard();
-        let owned = bincode::serde::encode_to_vec(f.snapshot("id", c), cfg).expect("encode");
+        let owned = bincode::serde::encode_to_vec(f.snapshot("id", c).expect("snapshot"), cfg)
+            .expect("encode");
         let borrowed = bincode::serde::encode_to_vec(f.snapshot_ref("id", c), cfg).expect("encode");
         assert_eq!(owned, borrowed);
     }
@@ -433,14 +506,14 @@ mod tests {
     #[test]
     fn reload_completions_remove_one_copy_each() {
         let mut f = Frontier::new(true);
-        let base = f.snapshot("r", Counters::default());
+        let base = f.snapshot("r", Counters::default()).expect("snapshot");
         f.push(&url("http://h/a"), 0, None);
         f.push(&url("http://h/a"), 1, None);
-        let (t, _) = f.dispatch().expect("first copy");
+        let (t, _) = f.dispatch().expect("read").expect("first copy");
         f.complete(t);
         let d = f.take_delta(Counters::default());
-        let (g, _) = Frontier::restore(base, vec![d], true);
-        let snap = g.snapshot("r", Counters::default());
+        let (g, _) = Frontier::restore(base, vec![d], true, None);
+        let snap = g.snapshot("r", Counters::default()).expect("snapshot");
         assert_eq!(snap.pending.len(), 1);
         assert_eq!(snap.pending[0].depth, 1);
     }

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod frontier;
 pub mod hosts;
 pub mod limiter;
+pub mod queue;
 pub mod robots;
 pub mod rules;
 mod run;
@@ -42,6 +43,8 @@ use status::Status;
 
 /// Results directory of `crawler worker` when the config sets no `DataDir`.
 pub const DEFAULT_DATA_DIR: &str = "crawler-data";
+/// Under the data dir: one directory per run for pending requests spilled to disk.
+pub const SPILL_DIR: &str = "spill";
 
 /// Settings of the engine (not of a task).
 #[derive(Clone, Debug)]
@@ -109,6 +112,7 @@ impl CrawlRunner {
         sinks: Arc<dyn SinkFactory>,
         opts: CrawlOptions,
     ) -> Self {
+        queue::sweep_dead(&opts.data_dir.join(SPILL_DIR));
         Self {
             client,
             sinks,
@@ -148,7 +152,23 @@ impl TaskRunner for CrawlRunner {
             let status = Arc::new(Status::default());
             let (stop_tx, stop_rx) = watch::channel(false);
             let allowed = allowed_domains(&task);
-            let frontier = Frontier::new(task.reload);
+            // `<pid>-<task>-<nonce>`: a restarted worker sweeps the directories of dead pids.
+            let safe: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let spill = self.opts.data_dir.join(SPILL_DIR).join(format!(
+                "{}-{safe}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            let frontier = Frontier::spilling(task.reload, spill.clone());
             let visitor = visit::Visitor::new(
                 task,
                 rules,
@@ -169,6 +189,7 @@ impl TaskRunner for CrawlRunner {
                 since_checkpoint: 0,
                 last_checkpoint: Instant::now(),
                 stop_grace: self.opts.stop_grace,
+                spill,
             };
             tracing::info!(task = %name, resource = %resource.id, "crawl started");
             let runner = tokio::spawn(run.run(stop_rx));

@@ -74,6 +74,8 @@ pub(crate) struct Run {
     pub since_checkpoint: u64,
     pub last_checkpoint: Instant,
     pub stop_grace: Duration,
+    /// Where this run's frontier spills its pending requests.
+    pub spill: std::path::PathBuf,
 }
 
 impl Run {
@@ -202,7 +204,7 @@ impl Run {
                     "crawl resumes from its checkpoint"
                 );
                 let manifest = loaded.manifest.clone();
-                let (frontier, counters) = loaded.into_frontier(reload);
+                let (frontier, counters) = loaded.into_frontier(reload, Some(self.spill.clone()));
                 self.counters = counters;
                 self.frontier = frontier;
                 self.checkpointer = Checkpointer::new(store.clone(), &id, Some(manifest));
@@ -254,8 +256,10 @@ impl Run {
                 if task.max_pages > 0 && self.counters.pages + in_flight >= task.max_pages {
                     break;
                 }
-                let Some((ticket, req)) = self.frontier.dispatch() else {
-                    break;
+                let (ticket, req) = match self.frontier.dispatch() {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(e) => return End::Failed(format!("pending requests: {e}")),
                 };
                 let v = self.visitor.clone();
                 visits.spawn(async move {
