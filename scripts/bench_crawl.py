@@ -14,7 +14,8 @@ page size and per-request latency configurable). Then, for each page count in `-
 
 Printed per run: pages, wall seconds and pages/s (from process start until the crawl is done),
 CPU seconds (user + system, from wait4), peak RSS (ru_maxrss), bytes the process wrote to disk
-(/proc/<pid>/io write_bytes, results included) per page, and for ours the store's db size
+(/proc/<pid>/io write_bytes, results included) per page, and for ours the bytes its checkpoints
+handed to the store per page (`checkpoint_bytes` of the worker's `GET /tasks`), the store's db size
 (`etcdctl endpoint status`) and the data dir's size on disk (du) when the crawl is done.
 
 Only processes this script started are stopped (by pid). Usage:
@@ -168,7 +169,7 @@ def run_ours(binary: Path, seed: str, pages: int, conc: int, work: Path) -> dict
     got = stats.get("pages_fetched", 0)
     return {
         "who": "ours", "pages": got, "wall": wall, "cpu": cpu, "rss": rss,
-        "wrote": wrote, "db": db, "disk": disk,
+        "wrote": wrote, "db": db, "disk": disk, "ckpt": stats.get("checkpoint_bytes"),
     }
 
 
@@ -219,7 +220,7 @@ def run_scrapy(py: str, seed: str, pages: int, conc: int, work: Path) -> dict:
     got = sum(1 for _ in feed.open()) if feed.exists() else 0
     return {
         "who": "scrapy", "pages": got, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime,
-        "rss": ru.ru_maxrss * 1024, "wrote": wrote, "db": None, "disk": None,
+        "rss": ru.ru_maxrss * 1024, "wrote": wrote, "db": None, "disk": None, "ckpt": None,
     }
 
 
@@ -276,13 +277,14 @@ def main() -> None:
     print(f"\nCrawl benchmark at {commit}: fan-out {a.fanout}, {a.page_bytes}-byte pages, "
           f"{a.latency_ms} ms latency, concurrency {a.concurrency}\n")
     print("| pages | crawler | pages/s | wall s | CPU s | peak RSS MiB | disk written/page | "
-          "store db MiB | data dir MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "checkpoint bytes/page | store db MiB | data dir MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_page = r["wrote"] / r["pages"] if r["pages"] else 0
+        ckpt = "–" if r["ckpt"] is None else f"{r['ckpt'] / r['pages']:.0f} B"
         print(f"| {r['pages']} | {r['who']} | {r['pages'] / r['wall']:.0f} | {r['wall']:.1f} | "
-              f"{r['cpu']:.1f} | {mib(r['rss'])} | {per_page / 1024:.1f} KiB | {mib(r['db'])} | "
-              f"{mib(r['disk'])} |")
+              f"{r['cpu']:.1f} | {mib(r['rss'])} | {per_page / 1024:.1f} KiB | {ckpt} | "
+              f"{mib(r['db'])} | {mib(r['disk'])} |")
 
 
 if __name__ == "__main__":

@@ -423,6 +423,9 @@ impl Run {
             match r {
                 Ok(m) => {
                     self.status().checkpointed(m.pages);
+                    self.status()
+                        .checkpoint_bytes
+                        .fetch_add(prepared.bytes.len() as u64, Ordering::Relaxed);
                     tracing::debug!(task = %self.name(), pages = m.pages, pending = m.pending, base = prepared.base, bytes = prepared.bytes.len(), "checkpoint written");
                     return Ok(());
                 }

@@ -36,6 +36,8 @@ pub struct Status {
     pub frontier: AtomicU64,
     /// Distinct URLs seen.
     pub seen: AtomicU64,
+    /// Bytes this run's checkpoints wrote to the store (deltas and bases, deflated).
+    pub checkpoint_bytes: AtomicU64,
     /// Whether the run resumed from a checkpoint.
     pub resumed: AtomicBool,
     last_checkpoint: Mutex<Option<CheckpointInfo>>,
@@ -53,6 +55,7 @@ impl Default for Status {
             offsite: AtomicU64::new(0),
             frontier: AtomicU64::new(0),
             seen: AtomicU64::new(0),
+            checkpoint_bytes: AtomicU64::new(0),
             resumed: AtomicBool::new(false),
             last_checkpoint: Mutex::new(None),
             state: Mutex::new((TaskState::Running, Some("starting".into()))),
@@ -114,6 +117,7 @@ impl Status {
                 "offsite_links": get(&self.offsite),
                 "frontier": get(&self.frontier),
                 "seen": get(&self.seen),
+                "checkpoint_bytes": get(&self.checkpoint_bytes),
                 "resumed": self.resumed.load(Ordering::Relaxed),
                 "last_checkpoint": cp.as_ref().map(|c| crate::worker::http::rfc3339(c.at)),
                 "last_checkpoint_pages": cp.map(|c| c.pages),
