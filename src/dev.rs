@@ -222,10 +222,16 @@ pub async fn run_worker(args: WorkerArgs, cfg: Config) -> anyhow::Result<()> {
         settings.registry.join(","),
         data_dir
     ));
-    wait_for_signal().await;
+    let taken = tokio::select! {
+        _ = wait_for_signal() => None,
+        e = worker.id_taken() => Some(e),
+    };
     tracing::info!("shutting down");
     worker.shutdown().await?;
-    Ok(())
+    match taken {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// `crawler dev`.

@@ -5,10 +5,14 @@
 //! `{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],
 //! "nodes":[{"id":"go.micro.server.worker-2","address":"192.168.0.107:9089","metadata":{...}}]}`.
 //!
-//! A registration puts its keys on a lease with the registration TTL. A background task renews
-//! the lease (keepalive every interval, a third of the TTL by default), re-puts a key that went
-//! missing, and re-grants the lease and re-puts every key when the lease is gone (store restart,
-//! partition longer than the TTL, revoked behind our back). Watch results are `create` (PUT with
+//! A registration puts its keys on a lease with the registration TTL, each only if the key is
+//! free: a node id held by another live process is refused (after waiting one TTL, in case the
+//! holder is this node's own previous, dead run). A background task renews the lease (keepalive
+//! every interval, a third of the TTL by default), re-puts a key that went missing, and
+//! re-grants the lease and re-puts every key when the lease is gone (store restart, partition
+//! longer than the TTL, revoked behind our back). A key found held by another lease means
+//! another process took the node id: the registration stops and reports it
+//! ([`Registration::taken_by`]) instead of fighting over the key. Watch results are `create` (PUT with
 //! `create_revision == mod_revision`), `update` (other PUTs) and `delete` (decoded from `prev_kv`).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -21,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::kv_client::{
     Compare, CompareResult, CompareTarget, EventType, KeyValue, KvClient, KvClientExt, KvError,
-    PutRequest, RequestOp, TxnRequest, WatchSpec, WatchStream,
+    PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest, WatchSpec, WatchStream,
 };
 
 /// go-micro's registry key prefix.
@@ -126,6 +130,17 @@ pub enum RegistryError {
     /// A value could not be encoded.
     #[error("registry: encode service: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The node key is held by another live registration.
+    #[error(
+        "registry: {key} is registered by another process (address {holder}): \
+         another node runs with the same id"
+    )]
+    Taken {
+        /// The node key.
+        key: String,
+        /// The holder's node address, as registered.
+        holder: String,
+    },
 }
 
 /// What a watch result reports.
@@ -263,8 +278,27 @@ impl Registry {
             entries,
             ttl: ttl_s,
             lease: Mutex::new(0),
+            taken_by: std::sync::Mutex::new(None),
         });
-        shared.put_all_on_new_lease().await?;
+        // A key still held may be this node's own previous run, dead but not yet expired: give
+        // it one TTL to go before refusing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(ttl_s as u64 + 1);
+        loop {
+            match shared.put_all_on_new_lease().await {
+                Ok(()) => break,
+                Err(RegistryError::Taken { key, holder })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!(
+                        key,
+                        holder,
+                        "registry: node id taken; waiting for it to expire"
+                    );
+                    tokio::time::sleep(TAKEN_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(registration_loop(shared.clone(), interval, stop_rx));
         Ok(Registration {
@@ -414,27 +448,74 @@ struct Shared {
     ttl: i64,
     /// Current lease id (0 before the first grant).
     lease: Mutex<i64>,
+    /// (key, holder address) once another process holds one of our keys: renewals stop.
+    taken_by: std::sync::Mutex<Option<(String, String)>>,
+}
+
+/// Pause between attempts to claim a node id that is still held.
+const TAKEN_RETRY: Duration = Duration::from_millis(500);
+
+/// `put key (on lease) if the key is free, else read it`.
+fn claim(key: &str, value: &[u8], lease: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create(0),
+            key: key.as_bytes().to_vec(),
+            range_end: Vec::new(),
+        }],
+        success: vec![RequestOp::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..PutRequest::default()
+        })],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..RangeRequest::default()
+        })],
+    }
+}
+
+/// The key a failed claim read back, if any.
+fn held(responses: &[ResponseOp]) -> Option<&KeyValue> {
+    match responses.first() {
+        Some(ResponseOp::Range(r)) => r.kvs.first(),
+        _ => None,
+    }
+}
+
+/// The node address in a registration value ("unknown" if it cannot be read).
+fn holder_address(kv: &KeyValue) -> String {
+    serde_json::from_slice::<Service>(&kv.value)
+        .ok()
+        .and_then(|s| s.nodes.into_iter().next())
+        .map_or_else(|| "unknown".to_string(), |n| n.address)
 }
 
 impl Shared {
-    /// Grant a new lease and put every key on it.
-    async fn put_all_on_new_lease(&self) -> Result<(), KvError> {
+    /// Grant a new lease and put every key on it, each only if free (`Taken` otherwise, with
+    /// nothing left registered).
+    async fn put_all_on_new_lease(&self) -> Result<(), RegistryError> {
         let mut lease = self.lease.lock().await;
         let granted = self.client.lease_grant(self.ttl, 0).await?.body;
         for (key, value) in &self.entries {
-            let put = self
-                .client
-                .put(PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: value.clone(),
-                    lease: granted.id,
-                    ..PutRequest::default()
-                })
-                .await;
-            if let Err(e) = put {
-                // Do not leave a half-registered lease behind.
+            let r = match self.client.txn(claim(key, value, granted.id)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Do not leave a half-registered lease behind.
+                    let _ = self.client.lease_revoke(granted.id).await;
+                    return Err(e.into());
+                }
+            };
+            if !r.body.succeeded {
                 let _ = self.client.lease_revoke(granted.id).await;
-                return Err(e);
+                let holder =
+                    held(&r.body.responses).map_or_else(|| "unknown".into(), holder_address);
+                return Err(RegistryError::Taken {
+                    key: key.clone(),
+                    holder,
+                });
             }
         }
         *lease = granted.id;
@@ -442,7 +523,8 @@ impl Shared {
     }
 
     /// One round: renew the lease, re-register when it is gone, re-put keys that went missing.
-    async fn refresh(&self) -> Result<(), KvError> {
+    /// `Taken` when another lease holds one of our keys.
+    async fn refresh(&self) -> Result<(), RegistryError> {
         let lease = *self.lease.lock().await;
         match self.client.lease_keep_alive_once(lease).await {
             Ok(_) => {}
@@ -453,28 +535,18 @@ impl Shared {
                 );
                 return self.put_all_on_new_lease().await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         for (key, value) in &self.entries {
             // Put only if the key is missing: a failed compare writes nothing.
-            let txn = TxnRequest {
-                compare: vec![Compare {
-                    result: CompareResult::Equal,
-                    target: CompareTarget::Create(0),
-                    key: key.clone().into_bytes(),
-                    range_end: Vec::new(),
-                }],
-                success: vec![RequestOp::Put(PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: value.clone(),
-                    lease,
-                    ..PutRequest::default()
-                })],
-                failure: Vec::new(),
-            };
-            let r = self.client.txn(txn).await?;
+            let r = self.client.txn(claim(key, value, lease)).await?;
             if r.body.succeeded {
                 tracing::warn!(key, "registry: node key was missing, put it back");
+            } else if let Some(kv) = held(&r.body.responses).filter(|kv| kv.lease != lease) {
+                return Err(RegistryError::Taken {
+                    key: key.clone(),
+                    holder: holder_address(kv),
+                });
             }
         }
         Ok(())
@@ -496,6 +568,17 @@ async fn registration_loop(
         // by the next keepalive and re-registered.
         pause = match shared.refresh().await {
             Ok(()) => interval,
+            Err(RegistryError::Taken { key, holder }) => {
+                tracing::error!(
+                    key,
+                    holder,
+                    "registry: another process registered this node id; giving the registration up"
+                );
+                if let Ok(mut t) = shared.taken_by.lock() {
+                    *t = Some((key, holder));
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "registry: refreshing registration failed");
                 interval.min(Duration::from_millis(500))
@@ -531,7 +614,18 @@ impl Registration {
         *self.shared.lease.lock().await
     }
 
-    /// Stop renewing, delete the keys and revoke the lease.
+    /// Another process registered one of this registration's node ids (`Taken`, naming it):
+    /// the registration stopped renewing and must not be used any more.
+    pub fn taken_by(&self) -> Option<RegistryError> {
+        let t = self.shared.taken_by.lock().ok()?;
+        t.as_ref().map(|(key, holder)| RegistryError::Taken {
+            key: key.clone(),
+            holder: holder.clone(),
+        })
+    }
+
+    /// Stop renewing, delete the keys (those still on our lease: never another process's) and
+    /// revoke the lease.
     pub async fn deregister(mut self) -> Result<(), RegistryError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -540,10 +634,25 @@ impl Registration {
             // Let an in-flight refresh finish so it cannot re-put a key after the delete.
             let _ = task.await;
         }
-        for (key, _) in &self.shared.entries {
-            self.shared.client.delete_key(key.clone()).await?;
-        }
         let lease = *self.shared.lease.lock().await;
+        for (key, _) in &self.shared.entries {
+            let mine = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Lease(lease),
+                    key: key.as_bytes().to_vec(),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp::DeleteRange(
+                    crate::kv_client::DeleteRangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        ..Default::default()
+                    },
+                )],
+                failure: Vec::new(),
+            };
+            self.shared.client.txn(mine).await?;
+        }
         match self.shared.client.lease_revoke(lease).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),

@@ -656,6 +656,125 @@ async fn etcd_worker_processes_register_and_expire() {
     run(processes_register_and_expire(etcd.endpoint.clone())).await;
 }
 
+/// A worker id is one process's: a second `crawler worker` with a taken id waits one TTL (the
+/// holder might be its own dead predecessor), then exits with an error naming the holder's
+/// address, and the holder keeps its registration; a worker whose key another process takes over
+/// stops and exits with an error instead of fighting over the key.
+async fn a_worker_id_belongs_to_one_process(endpoint: String) {
+    let client = remote(&endpoint);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let mut first = WorkerProcess::spawn("41", &endpoint, 2, &config);
+    let held = client
+        .get(reg_key("41"))
+        .await
+        .expect("get")
+        .body
+        .expect("registered");
+    let address = first
+        .ready
+        .split(" address ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("address in the ready line")
+        .to_string();
+
+    let cfg = config.clone();
+    let ep = endpoint.clone();
+    let second = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_crawler"))
+            .args([
+                "worker",
+                "--id",
+                "41",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--registry",
+                &ep,
+                "--register-ttl",
+                "2",
+                "--config",
+            ])
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the second worker")
+    });
+    let out = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second worker exits")
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("registered by another process") && stderr.contains(&address),
+        "{stderr}"
+    );
+    let still = client
+        .get(reg_key("41"))
+        .await
+        .expect("get")
+        .body
+        .expect("still registered");
+    assert_eq!((still.lease, still.value), (held.lease, held.value.clone()));
+    assert!(
+        first.child.try_wait().expect("try_wait").is_none(),
+        "the holder runs on"
+    );
+
+    // Another process takes the key over (its own lease): the first worker gives up and exits.
+    let lease = client.lease_grant(30, 0).await.expect("grant").body.id;
+    let other = String::from_utf8_lossy(&held.value).replace(&address, "127.0.0.1:1");
+    client
+        .put_kv(reg_key("41"), other.into_bytes(), lease)
+        .await
+        .expect("take the key");
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = first.child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replaced worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!exit.success(), "exits with an error: {exit:?}");
+    let now = client
+        .get(reg_key("41"))
+        .await
+        .expect("get")
+        .body
+        .expect("the new holder's key");
+    assert_eq!(
+        now.lease, lease,
+        "the exiting worker left the new holder's key alone"
+    );
+    let _ = client.lease_revoke(lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_a_worker_id_belongs_to_one_process() {
+    run(async {
+        let store = OurStore::start().await;
+        a_worker_id_belongs_to_one_process(store.endpoint()).await;
+        store.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_worker_id_belongs_to_one_process() {
+    let Some(etcd) = EtcdServer::start_or_skip("etcd_a_worker_id_belongs_to_one_process").await
+    else {
+        return;
+    };
+    run(a_worker_id_belongs_to_one_process(etcd.endpoint.clone())).await;
+}
+
 // ---- LocalClient ≡ RemoteKvClient --------------------------------------------------------------
 
 /// One sequence of calls; every answer is rendered as text with lease ids masked, so two

@@ -136,10 +136,10 @@ pub enum WorkerError {
     Options(String),
     /// Registering failed for a reason retrying would not fix.
     #[error("cannot register in the registry: {0}")]
-    Register(#[source] RegistryError),
+    Register(RegistryError),
     /// Deregistering on stop failed (the key then expires with its lease).
     #[error("cannot deregister (the registration expires with its lease): {0}")]
-    Deregister(#[source] RegistryError),
+    Deregister(RegistryError),
 }
 
 /// One row of `GET /tasks`.
@@ -231,6 +231,8 @@ pub struct Worker {
     assignments: Option<JoinHandle<()>>,
     guard: Option<JoinHandle<()>>,
     registration: Option<Arc<Registration>>,
+    /// What the registration guard knows (`None` before registering).
+    registered: Option<watch::Receiver<RegState>>,
     health: tonic_health::server::HealthReporter,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: JoinHandle<()>,
@@ -339,6 +341,7 @@ impl Worker {
             assignments: None,
             guard: None,
             registration: None,
+            registered: None,
             health: health.clone(),
             http_stop: Some(http_stop),
             http_task,
@@ -395,7 +398,9 @@ impl Worker {
         let (registered_tx, registered_rx) = watch::channel(RegState {
             losses: 0,
             alive: true,
+            taken: false,
         });
+        worker.registered = Some(registered_rx.clone());
         worker.guard = Some(tokio::spawn(guard_registration(
             client.clone(),
             registration,
@@ -449,6 +454,19 @@ impl Worker {
     /// first snapshot).
     pub fn synced_revision(&self) -> i64 {
         self.shared.synced_revision.load(Ordering::Acquire)
+    }
+
+    /// Resolves if another process registers this worker's id (the worker has then stopped
+    /// every run and must exit), with the error naming that process's address.
+    pub async fn id_taken(&self) -> WorkerError {
+        if let Some(mut rx) = self.registered.clone() {
+            if rx.wait_for(|s| s.taken).await.is_ok() {
+                if let Some(e) = self.registration.as_ref().and_then(|r| r.taken_by()) {
+                    return WorkerError::Register(e);
+                }
+            }
+        }
+        std::future::pending().await
     }
 
     /// The registration lease (for tests and diagnostics).
@@ -537,6 +555,8 @@ struct RegState {
     losses: u64,
     /// The current lease is confirmed alive.
     alive: bool,
+    /// Another process registered this worker's id: the registration gave up for good.
+    taken: bool,
 }
 
 /// Watches over the registration lease. A loss (the lease gone or unconfirmed for a whole TTL, or
@@ -558,6 +578,15 @@ async fn guard_registration(
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+        if let Some(e) = registration.taken_by() {
+            tracing::error!(error = %e, "worker: stopping every run: this worker id now belongs to another process");
+            state.send_modify(|s| {
+                s.alive = false;
+                s.losses += 1;
+                s.taken = true;
+            });
+            return;
         }
         let lease = registration.lease_id().await;
         if lease != known {
