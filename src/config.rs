@@ -465,6 +465,10 @@ pub struct ServerConfig {
     /// Master election session TTL, seconds (masters only).
     #[serde(rename = "SessionTTL", default)]
     pub session_ttl: Option<u64>,
+    /// Move resources to workers that joined later until loads differ by at most one (masters
+    /// only; default false).
+    #[serde(rename = "Rebalance", default)]
+    pub rebalance: Option<bool>,
 }
 
 /// Values given on the command line; each one that is `Some` wins over the file.
@@ -525,6 +529,8 @@ pub struct ServerSettings {
     pub client_timeout: Duration,
     /// Master election session TTL.
     pub session_ttl: Duration,
+    /// Masters: rebalance assignments when workers join.
+    pub rebalance: bool,
 }
 
 impl ServerSettings {
@@ -710,6 +716,7 @@ impl ServerConfig {
             register_interval,
             client_timeout: Duration::from_secs(client_timeout),
             session_ttl: Duration::from_secs(session_ttl),
+            rebalance: self.rebalance.unwrap_or(false),
         })
     }
 }

@@ -591,7 +591,8 @@ async fn a_long_crawl_with_compaction_keeps_store_and_memory_bounded() {
         return;
     }
     run(async {
-        const PAGES: u64 = 16_000;
+        // Sampled at 4k..16k pages, before the task finishes (its done mark deletes everything).
+        const PAGES: u64 = 20_000;
         let opts = SiteOptions {
             fanout: 1,
             pages: PAGES + 1,
@@ -616,7 +617,7 @@ async fn a_long_crawl_with_compaction_keeps_store_and_memory_bounded() {
         std::fs::write(&config, text).expect("write config");
         let dev = DevProcess::spawn(dir.path(), &config, &["--auto-compaction-retention", "2s"]);
         let mut samples: Vec<Sample> = Vec::new();
-        for at in [4_000, 8_000, 12_000, PAGES] {
+        for at in [4_000, 8_000, 12_000, 16_000] {
             let deadline = tokio::time::Instant::now() + WAIT * 2;
             loop {
                 if dev.pages().await >= at {
@@ -642,13 +643,14 @@ async fn a_long_crawl_with_compaction_keeps_store_and_memory_bounded() {
             // Live keys: resources, registrations, the manifest, a base and the deltas not yet
             // folded (at most 1024): never more than after the first 4000 pages plus a fold's.
             assert!(s.keys <= first.keys.max(100) + 1100, "{samples:#?}");
-            // Two writes a page would add about 1 KiB a page of history without compaction
-            // (12 MiB more by the last sample); compacted, the db stays within a few MiB.
-            assert!(s.db <= first.db + (6 << 20), "{samples:#?}");
+            // Two writes a page add about 1.1 KiB a page of history without compaction (13 MiB
+            // more by the last sample, measured); compacted, the db stays within a few MiB
+            // (sled grows in segments, and raft snapshots live in the same file).
+            assert!(s.db <= first.db + (8 << 20), "{samples:#?}");
             assert!(s.rss <= first.rss + (48 << 20), "{samples:#?}");
         }
         let total = site.stats().requests.load(Ordering::Relaxed);
-        assert!(total >= PAGES, "{total}");
+        assert!(total >= 16_000, "{total}");
         drop(dev);
     })
     .await;

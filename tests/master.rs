@@ -50,6 +50,8 @@ macro_rules! on_both {
 }
 
 on_both!(
+    workers_joining_together_split_the_seeds,
+    rebalance_gives_late_joiners_their_share,
     worker_join_leave_diff,
     seeds_added_and_assigned,
     seeds_before_workers,
@@ -251,6 +253,56 @@ async fn seeds_before_workers(env: Arc<Env>) {
     let w2 = env.register_worker().await;
     env.wait_resources("all four on the second worker", |rs| {
         rs.len() == 4 && rs.values().all(|r| r.assigned_node == w2.assigned())
+    })
+    .await;
+    m.shutdown().await;
+}
+
+/// Two workers started together (registered back to back after the seeds were stored
+/// unassigned): the seeds are split between them, not all given to whichever joined first.
+async fn workers_joining_together_split_the_seeds(env: Arc<Env>) {
+    let m = env.start_leader(1, &["a", "b", "c", "d"]).await;
+    let (w1, w2) = tokio::join!(env.register_worker(), env.register_worker());
+    let rs = env
+        .wait_resources("every seed assigned", |rs| {
+            rs.values().all(|r| !r.assigned_node.is_empty())
+        })
+        .await;
+    let load = per_node(&rs);
+    assert_eq!(load.get(&w1.assigned()), Some(&2), "{load:?}");
+    assert_eq!(load.get(&w2.assigned()), Some(&2), "{load:?}");
+    m.shutdown().await;
+}
+
+/// With `Rebalance` on, workers that join later get their share (loads end within one of each
+/// other), each move keeping the resource's ID and creation time; with it off (the default,
+/// as in every other scenario) a late joiner gets only new work.
+async fn rebalance_gives_late_joiners_their_share(env: Arc<Env>) {
+    let w1 = env.register_worker().await;
+    let mut cfg = env.master_config(1, &["a", "b", "c", "d", "e"]);
+    cfg.rebalance = true;
+    let m = env.start_master(cfg).await;
+    assert!(m.wait_ready(WAIT).await, "leader ready");
+    let rs = env
+        .wait_resources("all on the first worker", |rs| {
+            rs.len() == 5 && rs.values().all(|r| r.assigned_node == w1.assigned())
+        })
+        .await;
+    let before = ids_and_times(&rs);
+    let w2 = env.register_worker().await;
+    let rs = env
+        .wait_resources("split 3/2", |rs| {
+            let load = per_node(rs);
+            load.get(&w1.assigned()) == Some(&3) && load.get(&w2.assigned()) == Some(&2)
+        })
+        .await;
+    assert_eq!(ids_and_times(&rs), before, "IDs and creation times kept");
+    let w3 = env.register_worker().await;
+    env.wait_resources("within one of each other over three", |rs| {
+        let load = per_node(rs);
+        [&w1, &w2, &w3]
+            .iter()
+            .all(|w| matches!(load.get(&w.assigned()), Some(1 | 2)))
     })
     .await;
     m.shutdown().await;

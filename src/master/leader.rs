@@ -8,13 +8,14 @@
 //! After a term the session is revoked (deleting the key if it is still there) and the master
 //! campaigns again with a new one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::assign::Load;
-use super::resources::{format_assigned, Fence, Resource, WriteError};
+use super::resources::{format_assigned, Fence, Resource, StoredResource, WriteError};
 use super::{Inner, Term};
 use crate::election::{ElectionError, Leadership, Session};
 use crate::kv_client::KvError;
@@ -193,6 +194,9 @@ async fn work(inner: Arc<Inner>, term: Arc<Term>) {
                 if r.is_err() {
                     return;
                 }
+                // Workers started together register within moments of each other: let them
+                // all arrive, so the least-loaded choice sees every one of them.
+                tokio::time::sleep(JOIN_SETTLE).await;
             }
             _ = resync.tick() => {
                 // A full re-read as well: a registry event that could not be decoded (a delete
@@ -217,6 +221,9 @@ async fn work(inner: Arc<Inner>, term: Arc<Term>) {
         }
     }
 }
+
+/// How long a worker-set change settles before the leader assigns.
+const JOIN_SETTLE: Duration = Duration::from_millis(300);
 
 /// Refresh the worker set, load every resource, add missing seeds, assign what needs it.
 async fn become_leader(inner: &Inner, term: &Term) -> Result<(), LeadError> {
@@ -344,5 +351,77 @@ pub(crate) async fn reconcile(
             }
         }
     }
+    if inner.rebalance {
+        rebalance(inner, term).await?;
+    }
     Ok(())
+}
+
+/// Move resources from the busiest live workers to the idlest until their loads differ by at
+/// most one: the newest resource of the busiest worker moves first (the oldest keep running
+/// where they are). Each move is a fenced update like any reassignment; the worker losing the
+/// task stops it and the gaining one resumes it from its checkpoint.
+async fn rebalance(inner: &Inner, term: &Term) -> Result<(), LeadError> {
+    let workers = inner.workers.snapshot();
+    if workers.len() < 2 {
+        return Ok(());
+    }
+    let (stored, _) = inner.store.load().await?;
+    let mut by_node: BTreeMap<String, Vec<StoredResource>> =
+        workers.keys().map(|id| (id.clone(), Vec::new())).collect();
+    for s in stored {
+        if let Some(list) = s.resource.assigned_id().and_then(|id| by_node.get_mut(id)) {
+            list.push(s);
+        }
+    }
+    for list in by_node.values_mut() {
+        list.sort_by_key(|s| s.resource.creation_time);
+    }
+    loop {
+        // Ties: the smallest id gains, the largest id gives (deterministic).
+        let Some((idle, idle_n)) = by_node
+            .iter()
+            .min_by_key(|(_, l)| l.len())
+            .map(|(id, l)| (id.clone(), l.len()))
+        else {
+            return Ok(());
+        };
+        // max_by_key keeps the last maximum: the largest id among equals.
+        let Some((busy, busy_n)) = by_node
+            .iter()
+            .max_by_key(|(_, l)| l.len())
+            .map(|(id, l)| (id.clone(), l.len()))
+        else {
+            return Ok(());
+        };
+        if busy_n <= idle_n + 1 {
+            return Ok(());
+        }
+        let Some(s) = by_node.get_mut(&busy).and_then(Vec::pop) else {
+            return Ok(());
+        };
+        let Some(node) = workers.get(&idle) else {
+            return Ok(());
+        };
+        let r = Resource {
+            assigned_node: format_assigned(&node.id, &node.address),
+            ..s.resource.clone()
+        };
+        match inner.store.update(&term.fence, &r, s.mod_revision).await {
+            Ok(rev) => {
+                tracing::info!(resource = %r.name, id = %r.id, from = %s.resource.assigned_node, to = %r.assigned_node, "resource rebalanced");
+                if let Some(list) = by_node.get_mut(&idle) {
+                    list.push(StoredResource {
+                        resource: r,
+                        mod_revision: rev,
+                    });
+                }
+            }
+            // Changed meanwhile: the next pass starts from the new state.
+            Err(e) => {
+                fenced(e)?;
+                return Ok(());
+            }
+        }
+    }
 }

@@ -70,6 +70,10 @@ pub struct MasterConfig {
     /// Whether to campaign. `false` makes an API-only master: it serves reads and forwards
     /// writes to the leader, but never leads.
     pub campaign: bool,
+    /// Move resources from the busiest workers to the idlest until loads differ by at most one
+    /// (a worker that joins late gets its share); off by default, as moving a task costs the
+    /// pages fetched since its last checkpoint.
+    pub rebalance: bool,
 }
 
 impl MasterConfig {
@@ -87,6 +91,7 @@ impl MasterConfig {
             worker_service: WORKER_SERVICE.to_string(),
             resync_interval: Duration::from_secs(10),
             campaign: true,
+            rebalance: false,
         }
     }
 
@@ -104,6 +109,7 @@ impl MasterConfig {
         cfg.http_listen = Some(s.http_listen);
         cfg.seeds = tasks.iter().map(|t| t.name.clone()).collect();
         cfg.session_ttl = s.session_ttl;
+        cfg.rebalance = s.rebalance;
         Ok(cfg)
     }
 }
@@ -203,6 +209,8 @@ pub(crate) struct Inner {
     pub resync_interval: Duration,
     /// Whether this master campaigns.
     pub campaign: bool,
+    /// Whether the leader rebalances assignments.
+    pub rebalance: bool,
     /// The store.
     pub client: Arc<dyn KvClient>,
     /// The master election.
@@ -312,6 +320,7 @@ impl Master {
             seeds: cfg.seeds.clone(),
             session_ttl: cfg.session_ttl,
             resync_interval: cfg.resync_interval,
+            rebalance: cfg.rebalance,
             campaign: cfg.campaign,
             client: client.clone(),
             election: Election::new(client.clone(), &cfg.election_prefix),
