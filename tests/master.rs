@@ -19,7 +19,9 @@ use crawler::kv_client::{KvClientExt, RangeRequest};
 use crawler::master::{Resource, ResourceStore, WriteError};
 use crawler::snowflake::SnowflakeId;
 use crawler_proto::crawler::{Empty, ResourceSpec};
-use master_env::{eventually, grpc, http, http_addr, log_lines, per_node, Env, Kind, WAIT};
+use master_env::{
+    eventually, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,
+};
 use tonic::Code;
 
 /// Generate `<scenario>::store` and `<scenario>::etcd` tests.
@@ -818,6 +820,48 @@ async fn api_errors(env: Arc<Env>) {
     assert!(reply["error"].as_str().is_some());
     let (status, _) = http(h, "POST", "/crawler/resource", Some(r#"{"name":"a/b"}"#)).await;
     assert_eq!(status, 400);
+    // Strict input, every error as JSON, nothing stored.
+    let long = format!(r#"{{"name":"{}"}}"#, "x".repeat(10_000));
+    let (status, reply) = http(h, "POST", "/crawler/resource", Some(&long)).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("longer than")),
+        "{reply}"
+    );
+    let (status, reply) = http(
+        h,
+        "POST",
+        "/crawler/resource",
+        Some(r#"{"name":"u","x":1}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field")),
+        "{reply}"
+    );
+    let (status, reply) = http_typed(
+        h,
+        "POST",
+        "/crawler/resource",
+        r#"{"name":"t"}"#,
+        "text/plain",
+    )
+    .await;
+    assert_eq!(status, 415);
+    assert!(
+        reply["error"].as_str().is_some_and(|e| e.contains("JSON")),
+        "{reply}"
+    );
+    let huge = format!(r#"{{"name":"{}"}}"#, "y".repeat(5 << 20));
+    let (status, reply) = http(h, "POST", "/crawler/resource", Some(&huge)).await;
+    assert_eq!(status, 413);
+    assert!(reply["error"].as_str().is_some(), "{reply}");
+    assert!(env.resources().await.is_empty(), "nothing stored");
     let (status, reply) = http(h, "POST", "/crawler/resource", Some(r#"{"name":"dup"}"#)).await;
     assert_eq!(status, 200, "{reply}");
     let (status, reply) = http(h, "POST", "/crawler/resource", Some(r#"{"name":"dup"}"#)).await;

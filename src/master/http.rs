@@ -9,17 +9,18 @@
 //! - `GET /crawler/leader` → `{"value":..,"master_id":..,"address":..,"create_revision":..,"is_self":..}`
 //! - `GET /health` → `{"leader":bool,"ready":bool,"master":"master<id>-<addr>"}` (always 200)
 //!
-//! Bodies are read as JSON whatever their Content-Type (`curl -d '{"name":"x"}'` works).
+//! Bodies must be JSON (`Content-Type: application/json`, else 415) with known fields only, at
+//! most [`MAX_BODY_BYTES`] (else 413).
 //!
-//! Errors are `{"error":"<message>"}` with 400 (bad input), 404 (unknown resource), 409
-//! (duplicate), 503 (no leader / leader unreachable / store unavailable) or 500.
+//! Every error is `{"error":"<message>"}`: 400 (bad input), 404 (unknown resource or endpoint),
+//! 409 (duplicate), 413, 415, 503 (no leader / leader unreachable / store unavailable) or 500.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -32,8 +33,12 @@ use super::resources::Resource;
 use super::Inner;
 use crate::registry::Node;
 
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Body of add and delete, query of get.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NameBody {
     #[serde(default)]
     name: String,
@@ -87,6 +92,11 @@ impl From<Node> for NodeJson {
     }
 }
 
+/// The one shape of every error: `{"error": "..."}`.
+fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -96,27 +106,58 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        json_error(status, self)
     }
 }
 
-/// The `{"name":..}` body, whatever the Content-Type (as grpc-gateway accepts it); an empty body
-/// is an empty name.
-fn name_body(body: &Bytes) -> Result<NameBody, ApiError> {
+/// A refused request body: its status and message.
+struct BodyError(StatusCode, String);
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        json_error(self.0, self.1)
+    }
+}
+
+/// The `{"name":..}` body: JSON by Content-Type, known fields only; an empty body is an empty
+/// name. Refused with 400, 413 or 415.
+fn name_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<NameBody, BodyError> {
+    let body = body.map_err(|e| BodyError(e.status(), e.body_text()))?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(NameBody {
             name: String::new(),
         });
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidArgument(format!("bad request body: {e}")))
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(BodyError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be JSON (Content-Type: application/json)".into(),
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| BodyError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
 type Shared = State<Arc<Inner>>;
 
-async fn add(State(inner): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let body = name_body(&body)?;
-    let out = inner.add_resource(&body.name, false).await?;
+async fn add(
+    State(inner): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    let body = name_body(&headers, body).map_err(IntoResponse::into_response)?;
+    let out = inner
+        .add_resource(&body.name, false)
+        .await
+        .map_err(IntoResponse::into_response)?;
     Ok(Json(AddReply {
         resource: out.resource,
         node: out.node.map(NodeJson::from),
@@ -124,9 +165,16 @@ async fn add(State(inner): Shared, body: Bytes) -> Result<Response, ApiError> {
     .into_response())
 }
 
-async fn delete(State(inner): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let body = name_body(&body)?;
-    inner.delete_resource(&body.name, false).await?;
+async fn delete(
+    State(inner): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    let body = name_body(&headers, body).map_err(IntoResponse::into_response)?;
+    inner
+        .delete_resource(&body.name, false)
+        .await
+        .map_err(IntoResponse::into_response)?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -188,6 +236,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/crawler/leader", get(leader))
         .route("/health", get(health))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(inner)
 }
 

@@ -103,12 +103,21 @@ pub enum NameError {
     /// Contains a control character, or has leading/trailing whitespace.
     #[error("resource name has control characters or surrounding spaces: {0:?}")]
     Unprintable(String),
+    /// Longer than [`MAX_NAME_BYTES`] (it names keys and a results file).
+    #[error("resource name is longer than {MAX_NAME_BYTES} bytes ({0} bytes)")]
+    TooLong(usize),
 }
+
+/// Longest resource (task) name: it is part of store keys and of a results file name.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// Check a resource name from the API or the config.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.trim().is_empty() {
         return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(NameError::TooLong(name.len()));
     }
     if name.contains('/') {
         return Err(NameError::Slash(name.to_string()));

@@ -437,7 +437,21 @@ pub async fn http(
     let s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to master HTTP");
-    request(s, addr, method, path, body).await
+    request(s, addr, method, path, body, "application/json").await
+}
+
+/// [`http`] with another Content-Type.
+pub async fn http_typed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    content_type: &str,
+) -> (u16, serde_json::Value) {
+    let s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to master HTTP");
+    request(s, addr, method, path, Some(body), content_type).await
 }
 
 /// [`http`], or `None` when the server cannot be reached (e.g. a killed process).
@@ -453,7 +467,7 @@ pub async fn try_http(
         .ok()?;
     tokio::time::timeout(
         Duration::from_secs(10),
-        request(s, addr, method, path, body),
+        request(s, addr, method, path, body, "application/json"),
     )
     .await
     .ok()
@@ -465,13 +479,15 @@ async fn request(
     method: &str,
     path: &str,
     body: Option<&str>,
+    content_type: &str,
 ) -> (u16, serde_json::Value) {
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.expect("send request");
+    // A server may answer (413) before reading a large body: a failed write is fine then.
+    let _ = s.write_all(req.as_bytes()).await;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.expect("read response");
     let text = String::from_utf8_lossy(&raw).into_owned();
