@@ -135,17 +135,32 @@ async fn worker_join_leave_diff(env: Arc<Env>) {
         .resource
         .expect("resource");
     assert_eq!(r.assigned_node, b.assigned());
-    // b restarts on another address before its old registration expired: "changed", and its
-    // resource follows it (same ID, same creation time).
-    let b2 = master_env::register_node_on(env.client(), b.id.clone(), "127.0.0.1:1".into()).await;
+    // b re-registers on another address (its value rewritten on its own lease, as go-micro
+    // does; another process can no longer take its id): "changed", and its resource follows it
+    // (same ID, same creation time).
+    let reg = b.reg.as_ref().expect("registered");
+    let key = reg.keys().remove(0);
+    let moved = env
+        .client()
+        .get(key.clone())
+        .await
+        .expect("get")
+        .body
+        .expect("b's key");
+    let value = String::from_utf8_lossy(&moved.value).replace(&b.address, "127.0.0.1:1");
+    env.client()
+        .put_kv(key, value.into_bytes(), reg.lease_id().await)
+        .await
+        .expect("re-register b");
     wait_log(&format!(
         "worker joined: [], leaved: [], changed: [{}]",
         b.id
     ))
     .await;
+    let b2_assigned = format!("{}|127.0.0.1:1", b.id);
     let rs = env
         .wait_resources("the resource follows b's new address", |rs| {
-            rs["r"].assigned_node == b2.assigned()
+            rs["r"].assigned_node == b2_assigned
         })
         .await;
     assert_eq!(
@@ -155,7 +170,6 @@ async fn worker_join_leave_diff(env: Arc<Env>) {
     // Crash: the registration lease expires after its TTL.
     let b_id = b.id.clone();
     drop(b);
-    drop(b2);
     wait_log(&format!("worker joined: [], leaved: [{b_id}], changed: []")).await;
     assert!(m.workers().is_empty());
     env.wait_resources("unassigned once no worker is left", |rs| {
