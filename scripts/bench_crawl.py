@@ -28,13 +28,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from bench_master import free_port, log  # the same helpers as the master benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 ETCDCTL = "/usr/bin/etcdctl"
@@ -58,16 +59,6 @@ class Bench(scrapy.Spider):
         for href in response.css("ul a::attr(href)").getall():
             yield response.follow(href, self.parse)
 '''
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_line(p: subprocess.Popen, prefix: str, timeout: float = 60) -> str:

@@ -18,6 +18,8 @@ mod etcd_support;
 mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/worker_process.rs"]
 mod worker_process;
 
@@ -54,27 +56,15 @@ const TEST_DEADLINE: Duration = Duration::from_secs(180);
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_DEADLINE, f)
-        .await
-        .expect("test exceeded its deadline");
+    wait::within(TEST_DEADLINE, f).await;
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::eventually(what, WAIT, check).await;
 }
 
 // ---- our store, in process --------------------------------------------------------------------

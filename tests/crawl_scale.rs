@@ -14,6 +14,8 @@ mod etcd_support;
 mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/worker_process.rs"]
 mod worker_process;
 
@@ -39,27 +41,15 @@ const WAIT: Duration = Duration::from_secs(60);
 const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_DEADLINE, f)
-        .await
-        .expect("test exceeded its deadline");
+    wait::within(TEST_DEADLINE, f).await;
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::eventually(what, WAIT, check).await;
 }
 
 fn addr(s: &str) -> SocketAddr {
