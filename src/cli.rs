@@ -34,6 +34,17 @@ pub enum Command {
     Dev(DevArgs),
     /// Serve a generated site to crawl (crawl tests and benchmarks).
     Site(SiteArgs),
+    /// Serve the demo book site that the sample config's `demo_books` task crawls (what
+    /// `crawler dev` serves itself), for a cluster of masters and workers.
+    DemoSite(DemoSiteArgs),
+}
+
+/// Flags of `crawler demo-site`.
+#[derive(Debug, Args)]
+pub struct DemoSiteArgs {
+    /// Address to serve on (the sample config's tasks point at 127.0.0.1:8078).
+    #[arg(long, default_value = crate::crawl::demo_site::DEFAULT_ADDR)]
+    pub listen: SocketAddr,
 }
 
 /// Flags of `crawler site`.
@@ -152,7 +163,7 @@ pub struct StoreArgs {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
     pub name: String,
-    /// Path to the data directory (default `<name>.etcd`).
+    /// Path to the data directory (default `<name>.etcd`; `crawler dev`: `crawler-dev.data`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic (the first one is used).

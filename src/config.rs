@@ -53,13 +53,14 @@ pub const SAMPLE_CONFIG_ORIGIN: &str = "<built-in crawler.toml>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable).
-    #[error("{origin}: cannot read config file: {source}")]
+    // The I/O error is part of the message and deliberately not a `source`: a report that
+    // prints the chain would say it twice.
+    #[error("{origin}: cannot read config file: {error}")]
     Read {
         /// The file.
         origin: String,
         /// The I/O failure.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown field or a field of the wrong type.
     #[error("{origin}: {message}")]
@@ -827,9 +828,9 @@ impl Config {
     /// Read and check a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             origin: origin.clone(),
-            source,
+            error,
         })?;
         Self::parse(&text, &origin)
     }

@@ -173,7 +173,7 @@ pub async fn run_master(args: MasterArgs, cfg: Config) -> anyhow::Result<()> {
         store
     ));
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(target: "crawler::master", "shutting down");
     master.shutdown().await;
     if let Some(m) = member {
         m.shutdown().await?;
@@ -226,7 +226,7 @@ pub async fn run_worker(args: WorkerArgs, cfg: Config) -> anyhow::Result<()> {
         _ = wait_for_signal() => None,
         e = worker.id_taken() => Some(e),
     };
-    tracing::info!("shutting down");
+    tracing::info!(target: "crawler::worker", "shutting down");
     worker.shutdown().await?;
     match taken {
         Some(e) => Err(e.into()),

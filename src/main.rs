@@ -56,6 +56,10 @@ fn main() -> ExitCode {
             init_logging("warn");
             block_on("site", serve_site(args))
         }
+        Command::DemoSite(args) => {
+            init_logging("warn");
+            block_on("demo-site", serve_demo_site(args))
+        }
         Command::Store(args) => {
             init_logging(&args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -94,6 +98,20 @@ async fn serve_site(args: crawler::cli::SiteArgs) -> anyhow::Result<()> {
     println!("synthetic site ready: {}", site.seed());
     let _ = std::io::stdout().flush();
     crawler::dev::wait_for_signal().await;
+    Ok(())
+}
+
+/// `crawler demo-site`: serve until Ctrl-C or SIGTERM.
+async fn serve_demo_site(args: crawler::cli::DemoSiteArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let server = crawler::crawl::demo_site::serve(listener);
+    println!("demo site ready: http://{addr}/books/");
+    let _ = std::io::stdout().flush();
+    crawler::dev::wait_for_signal().await;
+    server.abort();
     Ok(())
 }
 

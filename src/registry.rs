@@ -74,6 +74,20 @@ pub struct Node {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Node metadata key listing the tasks a crawler worker can run, comma-separated. A node without
+/// it (a plain go-micro service) is not limited.
+pub const TASKS_METADATA: &str = "tasks";
+
+impl Node {
+    /// Whether this node can run `task` (see [`TASKS_METADATA`]).
+    pub fn can_run(&self, task: &str) -> bool {
+        match self.metadata.get(TASKS_METADATA) {
+            None => true,
+            Some(list) => list.split(',').any(|t| t == task),
+        }
+    }
+}
+
 /// An RPC endpoint of a service (go-micro's `registry.Endpoint`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {

@@ -52,6 +52,8 @@ macro_rules! on_both {
 }
 
 on_both!(
+    a_master_id_belongs_to_one_master,
+    tasks_go_only_to_workers_that_can_run_them,
     workers_joining_together_split_the_seeds,
     rebalance_gives_late_joiners_their_share,
     worker_join_leave_diff,
@@ -269,6 +271,61 @@ async fn seeds_before_workers(env: Arc<Env>) {
     let w2 = env.register_worker().await;
     env.wait_resources("all four on the second worker", |rs| {
         rs.len() == 4 && rs.values().all(|r| r.assigned_node == w2.assigned())
+    })
+    .await;
+    m.shutdown().await;
+}
+
+/// A second master with a live master's id is refused (after waiting one session TTL, in case
+/// the key was its own dead predecessor's): its snowflake IDs would collide.
+async fn a_master_id_belongs_to_one_master(env: Arc<Env>) {
+    let m = env.start_leader(7, &[]).await;
+    let err = crawler::master::Master::start(env.master_config(7, &[]), env.client())
+        .await
+        .expect_err("a second master 7 is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("master id 7 is taken") && text.contains(m.election_value()),
+        "{text}"
+    );
+    // Another id is fine.
+    let other = env.start_master(env.master_config(8, &[])).await;
+    other.shutdown().await;
+    m.shutdown().await;
+}
+
+/// A worker lists the tasks it can run (registration metadata `tasks`): a resource goes only to
+/// a worker that can run it, and stays unassigned while none can, instead of failing on one that
+/// cannot; a worker that lists nothing (a plain go-micro node) takes anything.
+async fn tasks_go_only_to_workers_that_can_run_them(env: Arc<Env>) {
+    let n = master_env::unique();
+    let only_a = master_env::register_node_with(
+        env.client(),
+        format!("go.micro.server.worker-{n}"),
+        format!("127.0.0.1:{}", 20000 + n),
+        BTreeMap::from([("tasks".to_string(), "a,b".to_string())]),
+    )
+    .await;
+    let m = env.start_leader(1, &["a", "zzz"]).await;
+    let rs = env
+        .wait_resources("a assigned", |rs| {
+            rs.len() == 2 && rs["a"].assigned_node == only_a.assigned()
+        })
+        .await;
+    assert_eq!(rs["zzz"].assigned_node, "", "no worker can run zzz: {rs:?}");
+    // An API add of a task nobody lists: stored, unassigned.
+    let (status, reply) = http(
+        http_addr(&m),
+        "POST",
+        "/crawler/resource",
+        Some(r#"{"name":"q"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["resource"]["AssignedNode"], "");
+    let any = env.register_worker().await;
+    env.wait_resources("the unlimited worker takes zzz and q", |rs| {
+        rs["zzz"].assigned_node == any.assigned() && rs["q"].assigned_node == any.assigned()
     })
     .await;
     m.shutdown().await;

@@ -111,6 +111,13 @@ impl MasterProc {
         })
     }
 
+    /// Status of `GET /readyz`; `None` when unreachable.
+    async fn readyz(&self) -> Option<u16> {
+        try_http(self.http, "GET", "/readyz", None)
+            .await
+            .map(|(status, _)| status)
+    }
+
     fn kill9(&mut self) {
         // std's kill sends SIGKILL.
         let _ = self.child.kill();
@@ -234,11 +241,10 @@ async fn kill9_leader_master_on_etcd() {
     .expect("test deadline");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_leader_master_in_three_master_cluster() {
-    capture_logs();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path());
+/// Three masters, each embedding one member of a three-member store, as README's cluster
+/// example starts them (on free ports); started and printed ready. Returns them and their client
+/// endpoints.
+fn spawn_three_masters(dir: &Path, config: &Path) -> (Vec<MasterProc>, Vec<String>) {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let cluster = ports
         .iter()
@@ -255,7 +261,7 @@ async fn kill9_leader_master_in_three_master_cluster() {
                 "--name".to_string(),
                 format!("n{n}"),
                 "--data-dir".into(),
-                dir.path().join(format!("n{n}")).display().to_string(),
+                dir.join(format!("n{n}")).display().to_string(),
                 "--listen-client-urls".into(),
                 format!("http://127.0.0.1:{c}"),
                 "--advertise-client-urls".into(),
@@ -276,20 +282,131 @@ async fn kill9_leader_master_in_three_master_cluster() {
                 "1000".into(),
             ]
             .into();
-            MasterProc::spawn(n as u64, &config, dir.path(), &args)
+            MasterProc::spawn(n as u64, config, dir, &args)
         })
         .collect();
     for m in &mut ms {
         m.wait_started();
     }
-    let endpoints: Vec<String> = ports
+    let endpoints = ports
         .iter()
         .map(|(c, _)| format!("http://127.0.0.1:{c}"))
         .collect();
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        kill_leader_scenario(&mut ms, endpoints),
-    )
+    (ms, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_leader_master_in_three_master_cluster() {
+    capture_logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let (mut ms, endpoints) = spawn_three_masters(dir.path(), &config);
+    tokio::time::timeout(Duration::from_secs(120), async {
+        kill_leader_scenario(&mut ms, endpoints).await;
+        quorum_loss_turns_readyz_unavailable(&mut ms).await;
+    })
     .await
     .expect("test deadline");
+}
+
+/// Two masters left of three: both ready (leader and follower). Kill one more: the last one's
+/// store has no quorum, and its `/readyz` turns 503 within about an election timeout (the
+/// probe's own 1 s bound included), while `/health` (liveness) still answers.
+async fn quorum_loss_turns_readyz_unavailable(ms: &mut [MasterProc]) {
+    let mut alive: Vec<usize> = Vec::new();
+    for (i, m) in ms.iter_mut().enumerate() {
+        if m.child.try_wait().ok().flatten().is_none() {
+            alive.push(i);
+        }
+    }
+    assert_eq!(alive.len(), 2);
+    for &i in &alive {
+        eventually("survivors ready", || {
+            let m = &ms[i];
+            async move { (m.readyz().await == Some(200)).then_some(()) }
+        })
+        .await;
+    }
+    ms[alive[0]].kill9();
+    let t0 = tokio::time::Instant::now();
+    let last = &ms[alive[1]];
+    eventually("the last master is not ready", || async {
+        (last.readyz().await == Some(503)).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("readyz turned 503 {took:?} after the quorum was lost");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(last.health().await.is_some(), "liveness still answers");
+}
+
+/// README's cluster example, run as written but on free ports and in a temp dir: `crawler
+/// demo-site`, three masters and a worker, all with the sample `crawler.toml`: the
+/// `demo_books` task's twelve books land in the worker's results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_cluster_example_produces_items() {
+    capture_logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site_port = free_port();
+    let mut site = Command::new(env!("CARGO_BIN_EXE_crawler"))
+        .args(["demo-site", "--listen", &format!("127.0.0.1:{site_port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn crawler demo-site");
+    let mut ready = String::new();
+    BufReader::new(site.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("demo site ready line");
+    assert!(ready.starts_with("demo site ready:"), "{ready}");
+    let results = dir.path().join("results");
+    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crawler.toml"))
+        .expect("sample config");
+    let config = dir.path().join("crawler.toml");
+    std::fs::write(
+        &config,
+        format!("DataDir = \"{}\"\n{sample}", results.display())
+            .replace("127.0.0.1:8078", &format!("127.0.0.1:{site_port}")),
+    )
+    .expect("write config");
+    let (ms, endpoints) = spawn_three_masters(dir.path(), &config);
+    let registry = endpoints
+        .iter()
+        .map(|e| e.trim_start_matches("http://"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_crawler"))
+        .args([
+            "worker",
+            "--id=1",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--registry",
+            &registry,
+            "--config",
+        ])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn crawler worker");
+    let file = results.join("demo_books.jsonl");
+    let items = eventually("the demo task's twelve books", || {
+        let file = file.clone();
+        async move {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            (text.lines().count() >= 12).then_some(text)
+        }
+    })
+    .await;
+    assert!(items.contains("红楼梦"), "{items}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let _ = site.kill();
+    let _ = site.wait();
+    drop(ms);
 }

@@ -13,6 +13,8 @@ mod etcd_support;
 mod http_support;
 #[path = "support/our_store.rs"]
 mod our_store;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/worker_process.rs"]
 mod worker_process;
 
@@ -45,9 +47,7 @@ fn reg_key(id: &str) -> String {
 }
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_DEADLINE, f)
-        .await
-        .expect("test exceeded its deadline");
+    wait::within(TEST_DEADLINE, f).await;
 }
 
 // ---- our store, in process --------------------------------------------------------------------
@@ -131,22 +131,12 @@ async fn wait_synced(w: &Worker, rev: i64) {
     }
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::eventually(what, WAIT, check).await;
 }
 
 async fn tasks_json(w: &Worker) -> Vec<serde_json::Value> {
@@ -154,9 +144,10 @@ async fn tasks_json(w: &Worker) -> Vec<serde_json::Value> {
 }
 
 /// The exact go-micro JSON of a worker registration.
-fn expected_registration(id: &str, address: &str) -> String {
+/// go-micro's exact JSON, with the worker's tasks listed in the node metadata.
+fn expected_registration(id: &str, address: &str, tasks: &str) -> String {
     format!(
-        r#"{{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],"nodes":[{{"id":"go.micro.server.worker-{id}","address":"{address}","metadata":{{"broker":"http","protocol":"grpc","registry":"etcd","server":"grpc","transport":"grpc"}}}}]}}"#
+        r#"{{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],"nodes":[{{"id":"go.micro.server.worker-{id}","address":"{address}","metadata":{{"broker":"http","protocol":"grpc","registry":"etcd","server":"grpc","tasks":"{tasks}","transport":"grpc"}}}}]}}"#
     )
 }
 
@@ -185,7 +176,7 @@ async fn follows_assignments(client: Arc<dyn KvClient>) {
         .expect("worker is registered");
     assert_eq!(
         String::from_utf8_lossy(&kv.value),
-        expected_registration("7", &addr)
+        expected_registration("7", &addr, "a,b,c")
     );
     assert_ne!(kv.lease, 0, "registration is on a lease");
     let ttl = client
@@ -412,6 +403,11 @@ async fn stops_runs_when_cut_off(target: std::net::SocketAddr, direct: Arc<dyn K
     let rev = put_resource(&direct, "a", "301", &me).await;
     wait_synced(&worker, rev).await;
     assert_eq!(runner.running_ids(), BTreeSet::from(["301".to_string()]));
+    let addr = worker.http_addr();
+    eventually("ready: registered and watching", || async move {
+        http_support::http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
     proxy.kill();
     let cut = tokio::time::Instant::now();
     eventually(
@@ -430,6 +426,11 @@ async fn stops_runs_when_cut_off(target: std::net::SocketAddr, direct: Arc<dyn K
     );
     let (status, body) = http_support::http_get(worker.http_addr(), "/tasks").await;
     assert_eq!((status, body.as_str()), (200, "[]"));
+    // Not ready (503, JSON), though alive (/health answers).
+    let (status, body) = http_support::http_get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"ready\":false"), "{body}");
+    assert_eq!(http_support::http_get(addr, "/health").await.0, 200);
     // The store is unreachable: deregistration fails and is reported (the lease expires anyway).
     assert!(worker.shutdown().await.is_err());
 }

@@ -101,8 +101,43 @@ fn parse_selector(css: &str, field: &str, task: &str, rule: &str) -> Result<Sele
     }
     Selector::parse(css).map_err(|e| RuleError {
         field: field.to_string(),
-        message: format!("task {task:?} rule {rule:?}: bad CSS selector {css:?}: {e}"),
+        message: format!(
+            "task {task:?} rule {rule:?}: bad CSS selector {css:?}: {}",
+            selector_problem(&e)
+        ),
     })
+}
+
+/// What is wrong with a selector, in words: scraper's own text for the parser's detailed
+/// errors is "Unexpected error occurred. Please report this to the developer" and a debug dump.
+fn selector_problem(e: &scraper::error::SelectorErrorKind) -> String {
+    use scraper::error::SelectorErrorKind as K;
+    let K::UnexpectedSelectorParseError(kind) = e else {
+        return match e {
+            K::UnexpectedToken => "unexpected character or token".into(),
+            K::EndOfLine => {
+                "it ends too early (a class, attribute or bracket is unfinished)".into()
+            }
+            other => other.to_string().to_lowercase(),
+        };
+    };
+    let name = format!("{kind:?}");
+    let what = match name.as_str() {
+        "ClassNeedsIdent" => "'.' must be followed by a class name",
+        "EmptySelector" => "a selector (or one of its comma-separated parts) is empty",
+        "DanglingCombinator" => "a combinator (>, +, ~) has nothing after it",
+        "NoQualifiedNameInAttributeSelector" | "InvalidQualNameInAttr" => {
+            "an attribute selector needs an attribute name, as in [href]"
+        }
+        "ExpectedBarInAttr" | "UnexpectedTokenInAttributeSelector" | "BadValueInAttr" => {
+            "bad attribute selector: use [name], [name=value] or [name=\"value\"]"
+        }
+        "UnsupportedPseudoClassOrElement" => "unsupported pseudo-class or pseudo-element",
+        "NoIdentForPseudo" => "':' must be followed by a pseudo-class name",
+        "ExpectedNamespace" | "ExplicitNamespaceUnexpectedToken" => "namespaces are not supported",
+        _ => return format!("not a valid selector ({name})"),
+    };
+    what.to_string()
 }
 
 impl Rules {
@@ -422,6 +457,23 @@ fn field_value(f: &Field, root: ElementRef<'_>, base: &Url) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selector_errors_say_what_is_wrong() {
+        for (css, want) in [
+            ("a..b", "'.' must be followed by a class name"),
+            ("a.", "ends too early"),
+            ("div >", "a combinator"),
+            ("h1[", "ends too early"),
+            ("a:nosuch", "unsupported pseudo-class"),
+            ("[=x]", "attribute name"),
+            ("a, ", "is empty"),
+        ] {
+            let e = parse_selector(css, "F", "t", "r").expect_err(css);
+            assert!(e.message.contains(want), "{css}: {}", e.message);
+            assert!(!e.message.contains("report this"), "{}", e.message);
+        }
+    }
     use crate::config::Config;
 
     fn task(toml_text: &str) -> TaskConfig {

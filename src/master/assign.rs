@@ -55,6 +55,19 @@ impl Load {
             .min_by_key(|(id, _)| self.of(id))
             .map(|(_, n)| n)
     }
+
+    /// [`Load::least_loaded`] among the workers that can run `task` ([`Node::can_run`]).
+    pub fn least_loaded_for<'w>(
+        &self,
+        workers: &'w BTreeMap<String, Node>,
+        task: &str,
+    ) -> Option<&'w Node> {
+        workers
+            .iter()
+            .filter(|(_, n)| n.can_run(task))
+            .min_by_key(|(id, _)| self.of(id))
+            .map(|(_, n)| n)
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +136,16 @@ mod tests {
         load.remove("w2");
         assert_eq!(load.least_loaded(&ws).unwrap().id, "w1");
         assert!(load.least_loaded(&BTreeMap::new()).is_none());
+        // Only workers that list the task (or list nothing) are candidates.
+        let mut limited = ws.clone();
+        if let Some(w1) = limited.get_mut("w1") {
+            w1.metadata
+                .insert(crate::registry::TASKS_METADATA.into(), "a,b".into());
+        }
+        assert_eq!(load.least_loaded_for(&limited, "b").unwrap().id, "w1");
+        assert_eq!(load.least_loaded_for(&limited, "c").unwrap().id, "w2");
+        limited.remove("w2");
+        limited.remove("w3");
+        assert!(load.least_loaded_for(&limited, "c").is_none());
     }
 }

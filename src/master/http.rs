@@ -7,7 +7,11 @@
 //! - `GET /crawler/resources` → `{"resources":[...]}`
 //! - `GET /crawler/workers` → `{"workers":[{"id":..,"address":..}]}`
 //! - `GET /crawler/leader` → `{"value":..,"master_id":..,"address":..,"create_revision":..,"is_self":..}`
-//! - `GET /health` → `{"leader":bool,"ready":bool,"master":"master<id>-<addr>"}` (always 200)
+//! - `GET /health` → `{"leader":bool,"ready":bool,"master":"master<id>-<addr>"}` (liveness:
+//!   always 200)
+//! - `GET /readyz` → 200 `{"ready":true,"role":"leader"|"follower of ..."}` when this master can
+//!   serve (the ready leader, confirmed by a linearizable read; or a follower that reaches one),
+//!   else 503 `{"ready":false,"error":..}` (no leader, no quorum: within about a second)
 //!
 //! Bodies must be JSON (`Content-Type: application/json`, else 415) with known fields only, at
 //! most [`MAX_BODY_BYTES`] (else 413).
@@ -223,6 +227,17 @@ async fn health(State(inner): Shared) -> Response {
     .into_response()
 }
 
+async fn readyz(State(inner): Shared) -> Response {
+    match inner.readiness().await {
+        Ok(role) => Json(json!({ "ready": true, "role": role })).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "error": why })),
+        )
+            .into_response(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
@@ -235,6 +250,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/crawler/workers", get(workers))
         .route("/crawler/leader", get(leader))
         .route("/health", get(health))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(inner)

@@ -270,7 +270,10 @@ pub(crate) async fn reconcile(
         if stored.iter().any(|s| &s.resource.name == name) {
             continue;
         }
-        let node = load.least_loaded(&workers).cloned();
+        let node = load.least_loaded_for(&workers, name).cloned();
+        if node.is_none() && !workers.is_empty() {
+            tracing::warn!(resource = %name, "no live worker can run this task (none lists it in its [[Tasks]]); stored unassigned");
+        }
         let r = Resource {
             id: inner
                 .mint_id()
@@ -313,9 +316,14 @@ pub(crate) async fn reconcile(
                 // Same worker, new address (it re-registered elsewhere): keep it there.
                 want
             }
-            None => match load.least_loaded(&workers) {
+            None => match load.least_loaded_for(&workers, &s.resource.name) {
                 Some(node) => format_assigned(&node.id, &node.address),
-                None if s.resource.assigned_node.is_empty() => continue,
+                None if s.resource.assigned_node.is_empty() => {
+                    if !workers.is_empty() {
+                        tracing::debug!(resource = %s.resource.name, "no live worker can run this task; left unassigned");
+                    }
+                    continue;
+                }
                 // Its worker is gone and none is left: mark it unassigned until one joins.
                 None => String::new(),
             },
@@ -397,12 +405,17 @@ async fn rebalance(inner: &Inner, term: &Term) -> Result<(), LeadError> {
         if busy_n <= idle_n + 1 {
             return Ok(());
         }
-        let Some(s) = by_node.get_mut(&busy).and_then(Vec::pop) else {
-            return Ok(());
-        };
         let Some(node) = workers.get(&idle) else {
             return Ok(());
         };
+        // The busy worker's newest resource that the idle one can run.
+        let Some(list) = by_node.get_mut(&busy) else {
+            return Ok(());
+        };
+        let Some(pos) = list.iter().rposition(|s| node.can_run(&s.resource.name)) else {
+            return Ok(());
+        };
+        let s = list.remove(pos);
         let r = Resource {
             assigned_node: format_assigned(&node.id, &node.address),
             ..s.resource.clone()

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::config;
 use crate::election::{self, Election};
-use crate::kv_client::KvClient;
+use crate::kv_client::{KvClient, KvClientExt};
 use crate::registry::{self, Registry};
 use crate::snowflake::{Snowflake, SnowflakeError};
 
@@ -133,6 +133,16 @@ pub enum MasterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another live master campaigns with this id (its snowflake IDs would collide with ours).
+    #[error(
+        "master id {id} is taken: another master campaigns as {holder:?}; give each master its own --id"
+    )]
+    IdTaken {
+        /// Our id.
+        id: u64,
+        /// The other master's election value (`master<id>-<address>`).
+        holder: String,
+    },
     /// A configured seed name is not a valid resource name.
     #[error("invalid seed {name:?}: {reason}")]
     Seed {
@@ -142,6 +152,45 @@ pub enum MasterError {
         reason: resources::NameError,
     },
 }
+
+/// Refuse to start when another live master campaigns with our id. A key of our id may be our
+/// own dead predecessor's: its session expires within the session TTL, so that long is waited
+/// for. An unreachable store skips the check (the master then waits for the store anyway).
+async fn check_id_free(client: &Arc<dyn KvClient>, cfg: &MasterConfig) -> Result<(), MasterError> {
+    let mine = election::master_value(cfg.id, "");
+    let deadline = tokio::time::Instant::now() + cfg.session_ttl + Duration::from_secs(1);
+    loop {
+        let prefix = format!("{}/", cfg.election_prefix.trim_end_matches('/'));
+        let kvs = match tokio::time::timeout(ID_CHECK_TIMEOUT, client.get_prefix(prefix)).await {
+            Ok(Ok(r)) => r.body,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot check that the master id is free; going on");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!("cannot check that the master id is free (store slow); going on");
+                return Ok(());
+            }
+        };
+        let holder = kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .find(|v| v.starts_with(&mine));
+        let Some(holder) = holder else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MasterError::IdTaken { id: cfg.id, holder });
+        }
+        tracing::info!(%holder, "master id in use; waiting for that session to expire");
+        tokio::time::sleep(ID_CHECK_RETRY).await;
+    }
+}
+
+/// Longest the id check waits for one store read.
+const ID_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between id checks.
+const ID_CHECK_RETRY: Duration = Duration::from_millis(500);
 
 /// One leadership term of this master.
 pub(crate) struct Term {
@@ -289,6 +338,9 @@ impl Master {
                 name: name.clone(),
                 reason,
             })?;
+        }
+        if cfg.campaign {
+            check_id_free(&client, &cfg).await?;
         }
         let grpc_listener = bind("gRPC", cfg.grpc_listen).await?;
         let grpc_addr = grpc_listener

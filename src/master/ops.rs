@@ -202,7 +202,10 @@ impl Inner {
         }
         let workers = self.workers.snapshot();
         let load = Load::count(stored.iter().map(|s| &s.resource), &workers);
-        let node = load.least_loaded(&workers).cloned();
+        let node = load.least_loaded_for(&workers, name).cloned();
+        if node.is_none() && !workers.is_empty() {
+            tracing::warn!(resource = %name, "no live worker can run this task (none lists it in its [[Tasks]]); stored unassigned");
+        }
         let resource = Resource {
             id: self.mint_id().await?,
             name: name.to_string(),
@@ -309,6 +312,26 @@ impl Inner {
     }
 
     /// The current leader.
+    /// Whether this master can serve now: the ready leader confirmed by a linearizable read, or a
+    /// follower that reaches one. `Ok` says which, `Err` why not. Bounded by [`READY_PROBE`], so
+    /// a lost quorum shows within about one election timeout.
+    pub async fn readiness(&self) -> Result<String, String> {
+        let view = match tokio::time::timeout(READY_PROBE, self.leader_view()).await {
+            Err(_) => {
+                return Err(format!(
+                    "the store did not answer within {READY_PROBE:?} (no quorum?)"
+                ))
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(v)) => v,
+        };
+        match self.current_term() {
+            Some(t) if view.is_self && t.is_ready() => Ok("leader".into()),
+            Some(_) if view.is_self => Err("leader, not ready yet".into()),
+            _ => Ok(format!("follower of {}", view.value)),
+        }
+    }
+
     pub async fn leader_view(&self) -> Result<LeaderView, ApiError> {
         let leader = self
             .election
@@ -332,6 +355,9 @@ impl Inner {
         })
     }
 }
+
+/// Longest a readiness check waits for the store.
+pub const READY_PROBE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

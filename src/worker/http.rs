@@ -1,11 +1,14 @@
-//! The worker's HTTP API: `GET /tasks` (the runs this worker is responsible for) and
-//! `GET /health`.
+//! The worker's HTTP API: `GET /tasks` (the runs this worker is responsible for),
+//! `GET /health` (liveness: always 200) and `GET /readyz` (200 while registered with a live
+//! lease and watching its assignments, else 503).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -32,7 +35,21 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/tasks", get(tasks))
         .route("/health", get(health))
+        .route("/readyz", get(readyz))
         .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.watching.load(Ordering::Acquire) {
+        Json(serde_json::json!({ "ready": true })).into_response()
+    } else {
+        let why = "not registered with a live lease, or not watching its assignments";
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "error": why })),
+        )
+            .into_response()
+    }
 }
 
 async fn tasks(State(shared): State<Arc<Shared>>) -> Json<Vec<TaskView>> {

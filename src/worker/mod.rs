@@ -214,6 +214,8 @@ pub(crate) struct Shared {
     /// Highest store revision whose resource changes have been applied (0 before the first
     /// snapshot).
     synced_revision: AtomicI64,
+    /// Registered, assignments loaded and watched: what `GET /readyz` reports.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -298,6 +300,7 @@ impl Worker {
             advertise: advertise.clone(),
             table: Mutex::new(BTreeMap::new()),
             synced_revision: AtomicI64::new(0),
+            watching: std::sync::atomic::AtomicBool::new(false),
         });
 
         // gRPC health first: the address is registered, so it must answer.
@@ -360,6 +363,10 @@ impl Worker {
         ] {
             metadata.insert(k.to_string(), v.to_string());
         }
+        // The tasks this worker can run: the master assigns it nothing else.
+        let mut names: Vec<&str> = opts.tasks.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        metadata.insert(crate::registry::TASKS_METADATA.to_string(), names.join(","));
         let service = Service::with_node(
             opts.service.clone(),
             Node {
@@ -673,7 +680,10 @@ impl Assigner {
             if *stop.borrow() {
                 break;
             }
-            match self.session(&mut stop, &mut registered, &mut seen).await {
+            let end = self.session(&mut stop, &mut registered, &mut seen).await;
+            // Between sessions the assignments are not watched.
+            self.shared.watching.store(false, Ordering::Release);
+            match end {
                 Ok(SessionEnd::Stopped) => break,
                 Ok(SessionEnd::Restart) => backoff = Duration::from_millis(100),
                 Err(e) => {
@@ -694,6 +704,7 @@ impl Assigner {
     /// resources, so running them on would duplicate work. Everything stops; the next session
     /// waits until the registry has re-registered, then starts what is still ours.
     async fn on_registration_lost(&self) {
+        self.shared.watching.store(false, Ordering::Release);
         self.health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;
@@ -732,6 +743,7 @@ impl Assigner {
         self.health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
             .await;
+        self.shared.watching.store(true, Ordering::Release);
         tracing::info!(
             revision,
             running = self.shared.table.lock().len(),

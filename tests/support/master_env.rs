@@ -361,6 +361,16 @@ pub async fn register_node_on(
     id: String,
     address: String,
 ) -> TestWorker {
+    register_node_with(client, id, address, BTreeMap::new()).await
+}
+
+/// Register worker node `id` at `address` with node `metadata` through `client`.
+pub async fn register_node_with(
+    client: Arc<dyn KvClient>,
+    id: String,
+    address: String,
+    metadata: BTreeMap<String, String>,
+) -> TestWorker {
     let reg = Registry::new(client)
         .register(
             &Service::with_node(
@@ -368,7 +378,7 @@ pub async fn register_node_on(
                 Node {
                     id: id.clone(),
                     address: address.clone(),
-                    ..Node::default()
+                    metadata,
                 },
             ),
             RegisterOptions::ttl(WORKER_TTL),
