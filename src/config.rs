@@ -470,7 +470,19 @@ pub struct ServerConfig {
     /// only; default false).
     #[serde(rename = "Rebalance", default)]
     pub rebalance: Option<bool>,
+    /// Times a failed task run is started again (workers only; default 3).
+    #[serde(rename = "TaskRetries", default)]
+    pub task_retries: Option<u32>,
+    /// Seconds before the first retry of a failed run, doubling per retry (workers only;
+    /// default 10).
+    #[serde(rename = "TaskRetryBackoff", default)]
+    pub task_retry_backoff: Option<u64>,
 }
+
+/// Retries of a failed task run when the config sets none.
+pub const DEFAULT_TASK_RETRIES_AFTER_FAILURE: u32 = 3;
+/// Seconds before the first retry of a failed run when the config sets none.
+pub const DEFAULT_TASK_RETRY_BACKOFF_SECS: u64 = 10;
 
 /// Values given on the command line; each one that is `Some` wins over the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -532,6 +544,10 @@ pub struct ServerSettings {
     pub session_ttl: Duration,
     /// Masters: rebalance assignments when workers join.
     pub rebalance: bool,
+    /// Workers: retries of a failed run.
+    pub task_retries: u32,
+    /// Workers: pause before the first retry.
+    pub task_retry_backoff: Duration,
 }
 
 impl ServerSettings {
@@ -706,6 +722,17 @@ impl ServerConfig {
             Some(t) => t,
             None => DEFAULT_SESSION_TTL_SECS,
         };
+        let task_retry_backoff = match self.task_retry_backoff {
+            Some(0) => {
+                return Err(invalid(
+                    origin,
+                    format!("{sec}.TaskRetryBackoff"),
+                    "must be at least 1 second",
+                ))
+            }
+            Some(b) => Duration::from_secs(b),
+            None => Duration::from_secs(DEFAULT_TASK_RETRY_BACKOFF_SECS),
+        };
         Ok(ServerSettings {
             id,
             name,
@@ -718,6 +745,10 @@ impl ServerConfig {
             client_timeout: Duration::from_secs(client_timeout),
             session_ttl: Duration::from_secs(session_ttl),
             rebalance: self.rebalance.unwrap_or(false),
+            task_retries: self
+                .task_retries
+                .unwrap_or(DEFAULT_TASK_RETRIES_AFTER_FAILURE),
+            task_retry_backoff,
         })
     }
 }

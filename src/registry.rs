@@ -7,7 +7,8 @@
 //!
 //! A registration puts its keys on a lease with the registration TTL, each only if the key is
 //! free: a node id held by another live process is refused (after waiting one TTL, in case the
-//! holder is this node's own previous, dead run). A background task renews the lease (keepalive
+//! holder is this node's own previous, dead run; a key held at this node's own address is that
+//! dead run's and is taken over at once). A background task renews the lease (keepalive
 //! every interval, a third of the TTL by default), re-puts a key that went missing, and
 //! re-grants the lease and re-puts every key when the lease is gone (store restart, partition
 //! longer than the TTL, revoked behind our back). A key found held by another lease means
@@ -247,12 +248,7 @@ impl Registry {
 
     /// Key of one node: `<prefix><service>/<node id>`, with `/` in names replaced by `-`.
     pub fn node_key(&self, service: &str, node_id: &str) -> String {
-        format!(
-            "{}{}/{}",
-            self.prefix,
-            service.replace('/', "-"),
-            node_id.replace('/', "-")
-        )
+        key_of(&self.prefix, service, node_id)
     }
 
     /// Prefix of every node key of a service (ends with `/`).
@@ -289,7 +285,8 @@ impl Registry {
             .max(Duration::from_millis(100));
         let shared = Arc::new(Shared {
             client: self.client.clone(),
-            entries,
+            entries: std::sync::Mutex::new(entries),
+            prefix: self.prefix.clone(),
             ttl: ttl_s,
             lease: Mutex::new(0),
             taken_by: std::sync::Mutex::new(None),
@@ -458,12 +455,24 @@ impl RegistryWatcher {
 struct Shared {
     client: Arc<dyn KvClient>,
     /// (key, JSON value) of each node.
-    entries: Vec<(String, Vec<u8>)>,
+    /// (Rewritten by [`Registration::update`].)
+    entries: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// The registry's key prefix.
+    prefix: String,
     ttl: i64,
     /// Current lease id (0 before the first grant).
     lease: Mutex<i64>,
     /// (key, holder address) once another process holds one of our keys: renewals stop.
     taken_by: std::sync::Mutex<Option<(String, String)>>,
+}
+
+/// `<prefix><service>/<node id>`, a `/` inside a name becoming `-`.
+fn key_of(prefix: &str, service: &str, node_id: &str) -> String {
+    format!(
+        "{prefix}{}/{}",
+        service.replace('/', "-"),
+        node_id.replace('/', "-")
+    )
 }
 
 /// Pause between attempts to claim a node id that is still held.
@@ -499,22 +508,32 @@ fn held(responses: &[ResponseOp]) -> Option<&KeyValue> {
     }
 }
 
-/// The node address in a registration value ("unknown" if it cannot be read).
-fn holder_address(kv: &KeyValue) -> String {
-    serde_json::from_slice::<Service>(&kv.value)
+/// The node address in a registration value, if it can be read.
+fn address_in(value: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Service>(value)
         .ok()
         .and_then(|s| s.nodes.into_iter().next())
-        .map_or_else(|| "unknown".to_string(), |n| n.address)
+        .map(|n| n.address)
+}
+
+/// The node address in a registration value ("unknown" if it cannot be read).
+fn holder_address(kv: &KeyValue) -> String {
+    address_in(&kv.value).unwrap_or_else(|| "unknown".to_string())
 }
 
 impl Shared {
+    /// The (key, value) of every node, as last registered or updated.
+    fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.entries.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
     /// Grant a new lease and put every key on it, each only if free (`Taken` otherwise, with
     /// nothing left registered).
     async fn put_all_on_new_lease(&self) -> Result<(), RegistryError> {
         let mut lease = self.lease.lock().await;
         let granted = self.client.lease_grant(self.ttl, 0).await?.body;
-        for (key, value) in &self.entries {
-            let r = match self.client.txn(claim(key, value, granted.id)).await {
+        for (key, value) in self.entries() {
+            let r = match self.client.txn(claim(&key, &value, granted.id)).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Do not leave a half-registered lease behind.
@@ -523,9 +542,42 @@ impl Shared {
                 }
             };
             if !r.body.succeeded {
+                let kv = held(&r.body.responses);
+                // Held at our own address: our dead predecessor (no other live process can
+                // serve that address), whose lease has not expired yet. Take the key over.
+                if let Some(kv) = kv.filter(|kv| address_in(&kv.value) == address_in(&value)) {
+                    let takeover = TxnRequest {
+                        compare: vec![Compare {
+                            result: CompareResult::Equal,
+                            target: CompareTarget::Mod(kv.mod_revision),
+                            key: key.as_bytes().to_vec(),
+                            range_end: Vec::new(),
+                        }],
+                        success: vec![RequestOp::Put(PutRequest {
+                            key: key.as_bytes().to_vec(),
+                            value: value.clone(),
+                            lease: granted.id,
+                            ..PutRequest::default()
+                        })],
+                        failure: Vec::new(),
+                    };
+                    match self.client.txn(takeover).await {
+                        Ok(t) if t.body.succeeded => {
+                            tracing::info!(
+                                key,
+                                "registry: took over the key of this node's previous run"
+                            );
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = self.client.lease_revoke(granted.id).await;
+                            return Err(e.into());
+                        }
+                    }
+                }
                 let _ = self.client.lease_revoke(granted.id).await;
-                let holder =
-                    held(&r.body.responses).map_or_else(|| "unknown".into(), holder_address);
+                let holder = kv.map_or_else(|| "unknown".into(), holder_address);
                 return Err(RegistryError::Taken {
                     key: key.clone(),
                     holder,
@@ -551,9 +603,9 @@ impl Shared {
             }
             Err(e) => return Err(e.into()),
         }
-        for (key, value) in &self.entries {
+        for (key, value) in self.entries() {
             // Put only if the key is missing: a failed compare writes nothing.
-            let r = self.client.txn(claim(key, value, lease)).await?;
+            let r = self.client.txn(claim(&key, &value, lease)).await?;
             if r.body.succeeded {
                 tracing::warn!(key, "registry: node key was missing, put it back");
             } else if let Some(kv) = held(&r.body.responses).filter(|kv| kv.lease != lease) {
@@ -620,12 +672,61 @@ impl std::fmt::Debug for Registration {
 impl Registration {
     /// The node keys of this registration.
     pub fn keys(&self) -> Vec<String> {
-        self.shared.entries.iter().map(|(k, _)| k.clone()).collect()
+        self.shared.entries().into_iter().map(|(k, _)| k).collect()
     }
 
     /// The lease currently holding the keys.
     pub async fn lease_id(&self) -> i64 {
         *self.shared.lease.lock().await
+    }
+
+    /// Rewrite the nodes of this registration (same ids, new address or metadata) on its own
+    /// lease, as go-micro re-registers a running service; watchers see an update. Nodes this
+    /// registration does not hold are refused (`Taken` if another process holds them).
+    pub async fn update(&self, service: &Service) -> Result<(), RegistryError> {
+        let lease = *self.shared.lease.lock().await;
+        let mut entries = self.shared.entries();
+        for node in &service.nodes {
+            let key = key_of(&self.shared.prefix, &service.name, &node.id);
+            let Some(slot) = entries.iter_mut().find(|(k, _)| *k == key) else {
+                return Err(RegistryError::NoNodes);
+            };
+            let one = Service {
+                nodes: vec![node.clone()],
+                ..service.clone()
+            };
+            let value = serde_json::to_vec(&one)?;
+            // Only while the key is still ours.
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Lease(lease),
+                    key: key.as_bytes().to_vec(),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.clone(),
+                    lease,
+                    ..PutRequest::default()
+                })],
+                failure: vec![RequestOp::Range(RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    ..RangeRequest::default()
+                })],
+            };
+            let r = self.shared.client.txn(txn).await?;
+            if !r.body.succeeded {
+                let holder =
+                    held(&r.body.responses).map_or_else(|| "nobody".into(), holder_address);
+                return Err(RegistryError::Taken { key, holder });
+            }
+            slot.1 = value;
+        }
+        if let Ok(mut e) = self.shared.entries.lock() {
+            *e = entries;
+        }
+        Ok(())
     }
 
     /// Another process registered one of this registration's node ids (`Taken`, naming it):
@@ -649,7 +750,7 @@ impl Registration {
             let _ = task.await;
         }
         let lease = *self.shared.lease.lock().await;
-        for (key, _) in &self.shared.entries {
+        for (key, _) in self.shared.entries() {
             let mine = TxnRequest {
                 compare: vec![Compare {
                     result: CompareResult::Equal,

@@ -658,6 +658,99 @@ async fn stops_promptly_when_deleted_or_moved() {
     .await;
 }
 
+/// A site that answers 503 to its first `failing` requests, then a page.
+async fn down_then_up(failing: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < failing {
+                (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+            } else {
+                html("<html><body><h1>up</h1></body></html>", "text/html").into_response()
+            }
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (addr, hits)
+}
+
+/// A run that fails (its site is down) is started again after a backoff, a bounded number of
+/// times: with the site back on the second retry the task finishes, and the worker shows the
+/// retries and the last error; with a site that stays down it gives up after the last retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_task_is_retried_with_backoff_then_given_up() {
+    run(async {
+        let store = OurStore::start().await;
+        let client = store.local();
+        let (up_later, hits) = down_then_up(2).await;
+        let (never, never_hits) = down_then_up(usize::MAX).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[[Tasks]]\nName = \"later\"\nURLs = [\"http://{up_later}/\"]\nRobots = false\nRetries = 0\n\
+             [[Tasks]]\nName = \"never\"\nURLs = [\"http://{never}/\"]\nRobots = false\nRetries = 0\n"
+        );
+        let cfg = Config::parse(&text, "test.toml").expect("config");
+        let runner = Arc::new(CrawlRunner::new(client.clone(), test_options(dir.path())));
+        let mut opts = WorkerOptions::local("r1", cfg.tasks.clone());
+        opts.task_retry = crawler::worker::retry::RetryPolicy {
+            max_retries: 2,
+            base: Duration::from_millis(100),
+        };
+        let worker = Worker::start(opts, client.clone(), runner)
+            .await
+            .expect("worker");
+        let mine = format!("{}|{}", worker.node_id(), worker.advertise_address());
+        put_resource(&client, &resource("later", "601", &mine)).await;
+        put_resource(&client, &resource("never", "602", &mine)).await;
+        let row = |name: &'static str| {
+            let w = worker.http_addr();
+            async move {
+                http_support::tasks_json(w)
+                    .await
+                    .into_iter()
+                    .find(|r| r["name"] == name)
+            }
+        };
+        eventually("later finishes on its second retry", || async {
+            row("later").await.is_some_and(|r| r["status"] == "finished")
+        })
+        .await;
+        let later = row("later").await.expect("row");
+        assert_eq!(later["retries"], 2, "{later}");
+        assert!(
+            later["last_error"].as_str().is_some_and(|e| e.contains("no page could be fetched")),
+            "{later}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 3, "one request per attempt");
+        eventually("never gives up after two retries", || async {
+            row("never")
+                .await
+                .is_some_and(|r| r["status"] == "failed" && r["retries"] == 2)
+        })
+        .await;
+        // No third retry comes.
+        let before = never_hits.load(Ordering::SeqCst);
+        assert_eq!(before, 3, "first run and two retries");
+        let quiet = tokio::time::Instant::now();
+        eventually("a while with no further attempt", || async {
+            quiet.elapsed() > Duration::from_millis(800)
+        })
+        .await;
+        assert_eq!(never_hits.load(Ordering::SeqCst), before);
+        worker.shutdown().await.expect("worker shutdown");
+        store.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_never_answers_times_out_after_its_retries() {
     run(async {

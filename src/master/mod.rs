@@ -153,10 +153,16 @@ pub enum MasterError {
     },
 }
 
-/// Refuse to start when another live master campaigns with our id. A key of our id may be our
-/// own dead predecessor's: its session expires within the session TTL, so that long is waited
-/// for. An unreachable store skips the check (the master then waits for the store anyway).
-async fn check_id_free(client: &Arc<dyn KvClient>, cfg: &MasterConfig) -> Result<(), MasterError> {
+/// Refuse to start when another live master campaigns with our id. A candidate with exactly our
+/// value (id and address: no other live process serves our address) is our own dead
+/// predecessor, whose session will expire; another address is waited for one session TTL (a
+/// predecessor that listened elsewhere), then refused. An unreachable store skips the check
+/// (the master then waits for the store anyway).
+async fn check_id_free(
+    client: &Arc<dyn KvClient>,
+    cfg: &MasterConfig,
+    own: &str,
+) -> Result<(), MasterError> {
     let mine = election::master_value(cfg.id, "");
     let deadline = tokio::time::Instant::now() + cfg.session_ttl + Duration::from_secs(1);
     loop {
@@ -175,7 +181,7 @@ async fn check_id_free(client: &Arc<dyn KvClient>, cfg: &MasterConfig) -> Result
         let holder = kvs
             .iter()
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-            .find(|v| v.starts_with(&mine));
+            .find(|v| v.starts_with(&mine) && v != own);
         let Some(holder) = holder else {
             return Ok(());
         };
@@ -339,9 +345,6 @@ impl Master {
                 reason,
             })?;
         }
-        if cfg.campaign {
-            check_id_free(&client, &cfg).await?;
-        }
         let grpc_listener = bind("gRPC", cfg.grpc_listen).await?;
         let grpc_addr = grpc_listener
             .local_addr()
@@ -364,6 +367,9 @@ impl Master {
         };
         let advertised = config::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
         let value = election::master_value(cfg.id, &advertised);
+        if cfg.campaign {
+            check_id_free(&client, &cfg, &value).await?;
+        }
         let registry = Registry::with_prefix(client.clone(), cfg.registry_prefix.clone());
         let workers = WorkerSet::new(registry.clone(), cfg.worker_service.clone());
         let inner = Arc::new(Inner {

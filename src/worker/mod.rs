@@ -22,6 +22,7 @@
 //!   snapshot is loaded).
 
 pub mod http;
+pub mod retry;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +78,8 @@ pub struct WorkerOptions {
     pub tasks: Vec<TaskConfig>,
     /// Resource key prefix (ends with `/`).
     pub resource_prefix: String,
+    /// How failed runs are retried.
+    pub task_retry: retry::RetryPolicy,
 }
 
 impl WorkerOptions {
@@ -92,6 +95,10 @@ impl WorkerOptions {
             register_interval: s.register_interval,
             tasks,
             resource_prefix: RESOURCE_PREFIX.to_string(),
+            task_retry: retry::RetryPolicy {
+                max_retries: s.task_retries,
+                base: s.task_retry_backoff,
+            },
         }
     }
 
@@ -108,6 +115,7 @@ impl WorkerOptions {
             register_interval: None,
             tasks,
             resource_prefix: RESOURCE_PREFIX.to_string(),
+            task_retry: retry::RetryPolicy::default(),
         }
     }
 
@@ -163,6 +171,27 @@ pub struct TaskView {
     pub detail: Option<String>,
     /// Runner counters.
     pub stats: serde_json::Value,
+    /// Times this run was started again after failing.
+    pub retries: u32,
+    /// The error that made the last retry necessary (or the pending one).
+    pub last_error: Option<String>,
+}
+
+impl Entry {
+    /// The run's error if it failed (ended failed, or could not start).
+    fn failure(&self) -> Option<String> {
+        match &self.handle {
+            Some(h) => {
+                let r = h.report();
+                (r.state == TaskState::Failed).then(|| r.detail.unwrap_or_else(|| "failed".into()))
+            }
+            None => Some(
+                self.error
+                    .clone()
+                    .unwrap_or_else(|| "could not start".into()),
+            ),
+        }
+    }
 }
 
 /// A resource this worker is responsible for.
@@ -172,6 +201,7 @@ struct Entry {
     /// `None` when the run could not start (`error` says why).
     handle: Option<Box<dyn TaskHandle>>,
     error: Option<String>,
+    retry: retry::RetryState,
 }
 
 impl Entry {
@@ -201,6 +231,8 @@ impl Entry {
             status,
             detail,
             stats,
+            retries: self.retry.retries,
+            last_error: self.retry.last_error.clone(),
         }
     }
 }
@@ -363,10 +395,13 @@ impl Worker {
         ] {
             metadata.insert(k.to_string(), v.to_string());
         }
-        // The tasks this worker can run: the master assigns it nothing else.
+        // The tasks this worker can run: the master assigns it nothing else. A worker without
+        // [[Tasks]] lists nothing and is not limited (its runs fail with a clear error).
         let mut names: Vec<&str> = opts.tasks.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
-        metadata.insert(crate::registry::TASKS_METADATA.to_string(), names.join(","));
+        if !names.is_empty() {
+            metadata.insert(crate::registry::TASKS_METADATA.to_string(), names.join(","));
+        }
         let service = Service::with_node(
             opts.service.clone(),
             Node {
@@ -423,6 +458,7 @@ impl Worker {
         let assigner = Assigner {
             client,
             prefix: opts.resource_prefix.clone(),
+            retry: opts.task_retry,
             tasks,
             runner,
             shared,
@@ -659,6 +695,7 @@ async fn registration_alive(rx: &mut watch::Receiver<RegState>) {
 struct Assigner {
     client: Arc<dyn KvClient>,
     prefix: String,
+    retry: retry::RetryPolicy,
     tasks: HashMap<String, TaskConfig>,
     runner: Arc<dyn TaskRunner>,
     shared: Arc<Shared>,
@@ -752,9 +789,15 @@ impl Assigner {
 
         let spec = WatchSpec::prefix(self.prefix.clone()).from_revision(revision + 1);
         let mut stream = self.client.watch(spec).await?;
+        let mut retry_tick = tokio::time::interval(self.retry.tick());
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let item = tokio::select! {
                 _ = stop.changed() => return Ok(SessionEnd::Stopped),
+                _ = retry_tick.tick() => {
+                    self.retry_failed().await;
+                    continue;
+                }
                 _ = registration_lost(registered, seen) => {
                 self.on_registration_lost().await;
                 return Ok(SessionEnd::Restart);
@@ -902,8 +945,15 @@ impl Assigner {
             }
             None => {}
         }
+        let entry = self.start_entry(r).await;
+        tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, "worker: resource assigned here");
+        self.shared.table.lock().insert(name, entry);
+    }
+
+    /// Start the run of `r` (an entry recording the error if it cannot start).
+    async fn start_entry(&self, r: Resource) -> Entry {
         let started = SystemTime::now();
-        let entry = match self.tasks.get(&r.name) {
+        match self.tasks.get(&r.name) {
             None => {
                 let msg = format!("no task named {:?} in this worker's configuration", r.name);
                 tracing::error!(resource = %r.id, "{msg}");
@@ -912,6 +962,7 @@ impl Assigner {
                     started,
                     handle: None,
                     error: Some(msg),
+                    retry: retry::RetryState::default(),
                 }
             }
             Some(task) => {
@@ -925,6 +976,7 @@ impl Assigner {
                         started,
                         handle: Some(h),
                         error: None,
+                        retry: retry::RetryState::default(),
                     },
                     Err(e) => {
                         tracing::error!(task = %r.name, resource = %r.id, error = %e, "task failed to start");
@@ -933,13 +985,55 @@ impl Assigner {
                             started,
                             handle: None,
                             error: Some(e.to_string()),
+                            retry: retry::RetryState::default(),
                         }
                     }
                 }
             }
-        };
-        tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, "worker: resource assigned here");
-        self.shared.table.lock().insert(name, entry);
+        }
+    }
+
+    /// Start failed runs again once their backoff is over, at most `retry.max_retries` times;
+    /// a task this worker has no configuration for is not retried (nothing would change).
+    async fn retry_failed(&self) {
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        for (name, e) in self.shared.table.lock().iter_mut() {
+            if !self.tasks.contains_key(&e.resource.name)
+                || e.retry.retries >= self.retry.max_retries
+            {
+                continue;
+            }
+            let Some(error) = e.failure() else {
+                continue;
+            };
+            match e.retry.next {
+                None => {
+                    let delay = self.retry.delay(e.retry.retries);
+                    tracing::warn!(task = %e.resource.name, resource = %e.resource.id, %error, retry_in = ?delay, "task failed; will retry");
+                    e.retry.last_error = Some(error);
+                    e.retry.next = Some(now + delay);
+                }
+                Some(at) if at <= now => due.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        for name in due {
+            let Some(old) = self.shared.table.lock().remove(&name) else {
+                continue;
+            };
+            if let Some(h) = old.handle {
+                h.stop().await;
+            }
+            let mut entry = self.start_entry(old.resource).await;
+            entry.retry = retry::RetryState {
+                retries: old.retry.retries + 1,
+                next: None,
+                last_error: old.retry.last_error,
+            };
+            tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, retry = entry.retry.retries, "task started again");
+            self.shared.table.lock().insert(name, entry);
+        }
     }
 
     async fn stop_one(&self, name: &str, why: &str) {

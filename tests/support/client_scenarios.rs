@@ -509,16 +509,48 @@ pub async fn registry_ops(endpoints: &[String]) {
         .expect("get nobody")
         .is_empty());
 
-    // Registering the same node again with new metadata is an update.
+    // Another registration of a live node id is refused, naming the holder's address (after
+    // waiting one TTL for it to expire, which it does not: it is renewed).
+    let w2x = worker("go.micro.server.worker-2", "127.0.0.1:9999", "x");
+    let err = reg
+        .register(&w2x, opts)
+        .await
+        .expect_err("a live id is taken");
+    assert!(err.to_string().contains("127.0.0.1:9090"), "{err}");
+    // The registration itself rewriting its node with new metadata is an update.
     let w2b = worker("go.micro.server.worker-2", "127.0.0.1:9090", "b2");
-    let r2b = reg.register(&w2b, opts).await.expect("re-register w2");
+    r2.update(&w2b).await.expect("update w2");
     let ev = next_registry(&mut all).await;
     assert_eq!(ev.action, Action::Update);
     assert_eq!(ev.service, w2b);
-    drop(r2); // its renewals stop; its lease no longer holds the key
+
+    // A node that died without deregistering and starts again at its own address takes its
+    // lingering key over at once (no other live process can serve that address).
+    let w3 = worker("go.micro.server.worker-3", "127.0.0.1:9091", "c");
+    let r3 = reg.register(&w3, opts).await.expect("register w3");
+    assert_eq!(next_registry(&mut all).await.action, Action::Create);
+    let dead_lease = r3.lease_id().await;
+    drop(r3); // renewals stop; the key stays until its lease expires
+    let started = tokio::time::Instant::now();
+    let r3b = reg.register(&w3, opts).await.expect("restart w3");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait for the old lease"
+    );
+    assert_eq!(next_registry(&mut all).await.action, Action::Update);
+    let held = c
+        .get(r3b.keys()[0].clone())
+        .await
+        .expect("get")
+        .body
+        .expect("w3's key");
+    assert_ne!(held.lease, dead_lease);
+    assert_eq!(held.lease, r3b.lease_id().await);
+    r3b.deregister().await.expect("deregister w3");
+    assert_eq!(next_registry(&mut all).await.action, Action::Delete);
 
     // Clean deregistration: delete with the service decoded from prev_kv.
-    r2b.deregister().await.expect("deregister w2");
+    r2.deregister().await.expect("deregister w2");
     let ev = next_registry(&mut all).await;
     assert_eq!(ev.action, Action::Delete);
     assert_eq!(ev.service, w2b);
