@@ -139,10 +139,24 @@ fn block_on(cmd: &str, fut: impl std::future::Future<Output = anyhow::Result<()>
 }
 
 /// Logs go to stderr; `RUST_LOG` wins over `--log-level`.
+/// openraft's log directives at the default levels (see `init_logging`).
+const QUIET_OPENRAFT: &str =
+    "openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 fn init_logging(level: &str) {
+    // openraft's INFO lines are its internals (a state dump at start, every vote), and its
+    // replication logs four lines (one an ERROR) for every retry to a peer that is down, where
+    // our peer network logs one line per reachable/unreachable change. Both show at `debug`
+    // and below, or when RUST_LOG asks for them.
+    let quiet = !["debug", "trace"].contains(&level.trim()) && !level.contains("openraft");
+    let default = if quiet {
+        format!("{level},{QUIET_OPENRAFT}")
+    } else {
+        level.to_string()
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(&default))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_OPENRAFT}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -10,6 +10,8 @@
 mod client_scenarios;
 #[path = "support/etcd.rs"]
 mod etcd_support;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::time::Duration;
 

@@ -361,3 +361,60 @@ fn acknowledged_writes_survive_kill_all() {
     // All members agree after the restart.
     wait_converged(&c, &[0, 1, 2], "dur/", stored.len());
 }
+
+/// A member that stays down is reported by the others in a bounded number of lines: one when it
+/// goes (and a reminder every 30 s) instead of openraft's lines for every retry, and openraft's
+/// INFO internals hidden at `--log-level info`. Ours only: it is about our logs.
+#[test]
+fn a_peer_outage_logs_a_bounded_number_of_lines() {
+    if against_real_etcd() {
+        eprintln!("SKIPPED a_peer_outage_logs_a_bounded_number_of_lines: about our logs");
+        return;
+    }
+    let mut c = Cluster::start_with(3, &["--log-level", "info"]);
+    let leader = c.wait_leader(T);
+    let victim = (leader + 1) % 3;
+    let startup = std::fs::read_to_string(&c.nodes[leader].log_path).unwrap_or_default();
+    assert!(
+        !startup.contains("RaftState") && !startup.contains(" INFO openraft"),
+        "openraft internals at INFO:\n{startup}"
+    );
+    let before = startup.lines().count();
+    c.node(victim).kill();
+    // Ten seconds of outage with writes going on.
+    let outage = std::time::Instant::now();
+    let mut i = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        ok(&c.ep(leader), &["put", &format!("outage-{i}"), "v"]);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&c.nodes[leader].log_path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().skip(before).collect();
+    eprintln!(
+        "{} lines in a 10 s outage:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("peer unreachable")),
+        "the outage is reported"
+    );
+    // One line for the outage (a reminder every 30 s), not one per retry (49 lines in 10 s with
+    // openraft's replication lines, about 400 before retries backed off).
+    assert!(lines.len() <= 10, "{} lines in 10 s", lines.len());
+    // Back: one line says so.
+    c.node(victim).start();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(&c.nodes[leader].log_path).unwrap_or_default();
+        if text.contains("peer reachable again") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for the peer's return"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crawler_proto::raftpb::raft_peer_client::RaftPeerClient;
 use crawler_proto::raftpb::RaftPayload;
@@ -62,7 +62,12 @@ pub(crate) struct PeerClients {
     connect_timeout: Duration,
     /// Normalized advertised URL -> URL to dial instead (`NodeConfig::peer_dial_overrides`).
     dial_overrides: Arc<HashMap<String, String>>,
+    /// Peers found unreachable: since when, and when that was last reported.
+    down: Arc<parking_lot::Mutex<HashMap<String, (Instant, Instant)>>>,
 }
+
+/// How often a peer that stays unreachable is reported again.
+const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
 
 impl PeerClients {
     /// A cache whose channels give up connecting after `connect_timeout`.
@@ -84,6 +89,32 @@ impl PeerClients {
             channels: Default::default(),
             connect_timeout,
             dial_overrides: Arc::new(dial_overrides),
+            down: Default::default(),
+        }
+    }
+
+    /// One line when `url` becomes unreachable, then one every [`STILL_DOWN_EVERY`] while it
+    /// stays so (openraft itself logs each failed retry).
+    fn mark_down(&self, url: &str, error: &str) {
+        let now = Instant::now();
+        let mut down = self.down.lock();
+        match down.get_mut(url) {
+            None => {
+                tracing::warn!(peer = url, error, "peer unreachable");
+                down.insert(url.to_string(), (now, now));
+            }
+            Some((since, reported)) if now.duration_since(*reported) >= STILL_DOWN_EVERY => {
+                tracing::warn!(peer = url, for_ = ?now.duration_since(*since), error, "peer still unreachable");
+                *reported = now;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// One line when `url` answers again.
+    fn mark_up(&self, url: &str) {
+        if let Some((since, _)) = self.down.lock().remove(url) {
+            tracing::info!(peer = url, after = ?since.elapsed(), "peer reachable again");
         }
     }
 
@@ -185,7 +216,10 @@ fn classify(status: &tonic::Status) -> CallError {
 #[derive(Clone)]
 pub(crate) struct PeerNetwork {
     pub(crate) clients: PeerClients,
+    /// First pause after a peer was found unreachable...
     pub(crate) backoff: Duration,
+    /// ...doubling up to this while it stays so (each retry is an error line of openraft's).
+    pub(crate) max_backoff: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -197,6 +231,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             node: node.clone(),
             clients: self.clients.clone(),
             backoff: self.backoff,
+            max_backoff: self.max_backoff,
         }
     }
 }
@@ -207,6 +242,7 @@ pub(crate) struct PeerConn {
     node: PeerNode,
     clients: PeerClients,
     backoff: Duration,
+    max_backoff: Duration,
 }
 
 /// Error type carried inside openraft's `NetworkError` / `Unreachable`.
@@ -256,10 +292,12 @@ impl PeerConn {
             .await
             .map_err(|e| match e {
                 CallError::NotDelivered(s) => {
+                    self.clients.mark_down(url, &s);
                     RPCError::Unreachable(Unreachable::new(&PeerNetError(s)))
                 }
                 other => RPCError::Network(NetworkError::new(&PeerNetError(other.to_string()))),
             })?;
+        self.clients.mark_up(url);
         let res: Result<Resp, OrRaftError<NodeId, E>> = decode(&bytes).map_err(|e| {
             RPCError::Network(NetworkError::new(&PeerNetError(format!(
                 "bad reply from {url}: {e}"
@@ -323,7 +361,10 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(self.backoff))
+        let max = self.max_backoff.max(self.backoff);
+        Backoff::new(std::iter::successors(Some(self.backoff), move |d| {
+            Some((*d * 2).min(max))
+        }))
     }
 }
 

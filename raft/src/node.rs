@@ -418,6 +418,9 @@ pub(crate) async fn start(
         clients: clients.clone(),
         backoff: Duration::from_millis(cfg.heartbeat_interval_ms.saturating_mul(2))
             .clamp(Duration::from_millis(50), Duration::from_millis(500)),
+        // A peer back up is found within one election timeout at worst.
+        max_backoff: Duration::from_millis(cfg.election_timeout_ms)
+            .clamp(Duration::from_millis(50), Duration::from_secs(2)),
     };
     let raft = Raft::new(ident.id, config, network, log_store, sm)
         .await

@@ -217,7 +217,10 @@ impl Node {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err));
-        if std::env::var_os("RUST_LOG").is_none() {
+        if self.extra_args.iter().any(|a| a == "--log-level") {
+            // The test checks the server's own log filter.
+            cmd.env_remove("RUST_LOG");
+        } else if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
         let child = cmd.spawn().expect("spawn server process");

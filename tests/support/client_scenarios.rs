@@ -32,22 +32,12 @@ pub fn client(endpoints: &[String]) -> Arc<dyn KvClient> {
 }
 
 /// Poll `check` until it returns true, panicking after `WAIT`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::eventually(what, WAIT, check).await;
 }
 
 /// The next watch batch that carries events (progress notifications skipped).
