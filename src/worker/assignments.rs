@@ -1,0 +1,372 @@
+//! The worker's assignment loop: a snapshot of `/resources/` then a watch from the next
+//! revision, keeping the runs in line with what is assigned here; failed runs are retried.
+
+use super::registration::{registration_alive, registration_lost};
+use super::*;
+
+/// Follows `/resources/` and keeps the runs in line with the assignments.
+pub(super) struct Assigner {
+    pub(super) client: Arc<dyn KvClient>,
+    pub(super) prefix: String,
+    pub(super) retry: retry::RetryPolicy,
+    pub(super) tasks: HashMap<String, TaskConfig>,
+    pub(super) runner: Arc<dyn TaskRunner>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) health: tonic_health::server::HealthReporter,
+}
+
+/// Why a watch session ended.
+enum SessionEnd {
+    Stopped,
+    Restart,
+}
+
+impl Assigner {
+    pub(super) async fn run(
+        self,
+        mut stop: watch::Receiver<bool>,
+        mut registered: watch::Receiver<RegState>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        // Losses already acted on.
+        let mut seen = 0;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let end = self.session(&mut stop, &mut registered, &mut seen).await;
+            // Between sessions the assignments are not watched.
+            self.shared.watching.store(false, Ordering::Release);
+            match end {
+                Ok(SessionEnd::Stopped) => break,
+                Ok(SessionEnd::Restart) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker: reading assignments failed, retrying");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = registration_lost(&mut registered, seen) => self.on_registration_lost().await,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        self.stop_all("worker stopping").await;
+    }
+
+    /// Our registration lease is gone or presumed gone: the master has reassigned (or will) our
+    /// resources, so running them on would duplicate work. Everything stops; the next session
+    /// waits until the registry has re-registered, then starts what is still ours.
+    async fn on_registration_lost(&self) {
+        self.shared.watching.store(false, Ordering::Release);
+        self.health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        self.stop_all("registration lease lost").await;
+    }
+
+    /// One snapshot + watch session; `Restart` when the watch ended and a new snapshot is needed.
+    async fn session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        registered: &mut watch::Receiver<RegState>,
+        seen: &mut u64,
+    ) -> Result<SessionEnd, KvError> {
+        let state = *registered.borrow_and_update();
+        if !state.alive || state.losses > *seen {
+            self.on_registration_lost().await;
+            tokio::select! {
+                _ = stop.changed() => return Ok(SessionEnd::Stopped),
+                _ = registration_alive(registered) => {}
+            }
+        }
+        *seen = registered.borrow().losses;
+        let seen = *seen;
+        let (revision, kvs) = tokio::select! {
+            _ = stop.changed() => return Ok(SessionEnd::Stopped),
+            _ = registration_lost(registered, seen) => {
+                self.on_registration_lost().await;
+                return Ok(SessionEnd::Restart);
+            }
+            snap = self.snapshot() => snap?,
+        };
+        self.reconcile(kvs).await;
+        self.shared
+            .synced_revision
+            .fetch_max(revision, Ordering::AcqRel);
+        self.health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
+        self.shared.watching.store(true, Ordering::Release);
+        tracing::info!(
+            revision,
+            running = self.shared.table.lock().len(),
+            "worker: assignments loaded"
+        );
+
+        let spec = WatchSpec::prefix(self.prefix.clone()).from_revision(revision + 1);
+        let mut stream = self.client.watch(spec).await?;
+        let mut retry_tick = tokio::time::interval(self.retry.tick());
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                _ = stop.changed() => return Ok(SessionEnd::Stopped),
+                _ = retry_tick.tick() => {
+                    self.retry_failed().await;
+                    continue;
+                }
+                _ = registration_lost(registered, seen) => {
+                self.on_registration_lost().await;
+                return Ok(SessionEnd::Restart);
+            }
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(batch)) => {
+                    for ev in &batch.events {
+                        let Some(name) = self.key_name(&ev.kv.key) else {
+                            continue;
+                        };
+                        match ev.kind {
+                            EventType::Put => self.on_put(name, &ev.kv).await,
+                            EventType::Delete => self.stop_one(&name, "resource deleted").await,
+                        }
+                    }
+                    let rev = batch
+                        .events
+                        .last()
+                        .map_or(batch.revision, |e| e.kv.mod_revision);
+                    self.shared.synced_revision.fetch_max(rev, Ordering::AcqRel);
+                }
+                Some(Err(KvError::Compacted { compact_revision })) => {
+                    tracing::warn!(
+                        compact_revision,
+                        "worker: watch fell behind a compaction; reloading assignments"
+                    );
+                    return Ok(SessionEnd::Restart);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "worker: resource watch ended; reloading assignments");
+                    return Ok(SessionEnd::Restart);
+                }
+                None => {
+                    tracing::warn!("worker: resource watch closed; reloading assignments");
+                    return Ok(SessionEnd::Restart);
+                }
+            }
+        }
+    }
+
+    /// Every resource and the revision they were read at, in one consistent read.
+    async fn snapshot(&self) -> Result<(i64, Vec<KeyValue>), KvError> {
+        let prefix = self.prefix.as_bytes().to_vec();
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![RequestOp::Range(RangeRequest {
+                range_end: prefix_range_end(&prefix),
+                key: prefix,
+                ..RangeRequest::default()
+            })],
+            failure: Vec::new(),
+        };
+        let reply = self.client.txn(txn).await?;
+        let kvs = match reply.body.responses.into_iter().next() {
+            Some(ResponseOp::Range(r)) => r.kvs,
+            _ => Vec::new(),
+        };
+        Ok((reply.revision, kvs))
+    }
+
+    /// `/resources/<name>` → `<name>`.
+    fn key_name(&self, key: &[u8]) -> Option<String> {
+        let name = key.strip_prefix(self.prefix.as_bytes())?;
+        if name.is_empty() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
+    fn decode(&self, name: &str, kv: &KeyValue) -> Option<Resource> {
+        match serde_json::from_slice::<Resource>(&kv.value) {
+            Ok(mut r) => {
+                if r.name.is_empty() {
+                    r.name = name.to_string();
+                }
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "worker: undecodable resource");
+                None
+            }
+        }
+    }
+
+    /// Bring the runs in line with a full list of resources.
+    async fn reconcile(&self, kvs: Vec<KeyValue>) {
+        let mut mine: BTreeMap<String, Resource> = BTreeMap::new();
+        for kv in &kvs {
+            let Some(name) = self.key_name(&kv.key) else {
+                continue;
+            };
+            if let Some(r) = self.decode(&name, kv) {
+                if is_assigned_to(&r, &self.shared.node_id) {
+                    mine.insert(name, r);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .shared
+            .table
+            .lock()
+            .keys()
+            .filter(|k| !mine.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.stop_one(&name, "no longer assigned here").await;
+        }
+        for (name, r) in mine {
+            self.ensure_running(name, r).await;
+        }
+    }
+
+    async fn on_put(&self, name: String, kv: &KeyValue) {
+        match self.decode(&name, kv) {
+            Some(r) if is_assigned_to(&r, &self.shared.node_id) => {
+                self.ensure_running(name, r).await
+            }
+            Some(r) if r.assigned_node.is_empty() => self.stop_one(&name, "unassigned").await,
+            Some(_) => self.stop_one(&name, "moved to another worker").await,
+            None => self.stop_one(&name, "resource value unreadable").await,
+        }
+    }
+
+    async fn ensure_running(&self, name: String, r: Resource) {
+        let current = self
+            .shared
+            .table
+            .lock()
+            .get(&name)
+            .map(|e| e.resource.id.clone());
+        match current {
+            Some(id) if id == r.id => {
+                // Same run; keep the latest value (the address part may have changed).
+                if let Some(e) = self.shared.table.lock().get_mut(&name) {
+                    e.resource = r;
+                }
+                return;
+            }
+            Some(_) => {
+                self.stop_one(&name, "resource recreated with a new ID")
+                    .await
+            }
+            None => {}
+        }
+        let entry = self.start_entry(r).await;
+        tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, "worker: resource assigned here");
+        self.shared.table.lock().insert(name, entry);
+    }
+
+    /// Start the run of `r` (an entry recording the error if it cannot start).
+    async fn start_entry(&self, r: Resource) -> Entry {
+        let started = SystemTime::now();
+        match self.tasks.get(&r.name) {
+            None => {
+                let msg = format!("no task named {:?} in this worker's configuration", r.name);
+                tracing::error!(resource = %r.id, "{msg}");
+                Entry {
+                    resource: r,
+                    started,
+                    handle: None,
+                    error: Some(msg),
+                    retry: retry::RetryState::default(),
+                }
+            }
+            Some(task) => {
+                let spec = TaskSpec {
+                    resource: r.clone(),
+                    task: task.clone(),
+                };
+                match self.runner.start(spec).await {
+                    Ok(h) => Entry {
+                        resource: r,
+                        started,
+                        handle: Some(h),
+                        error: None,
+                        retry: retry::RetryState::default(),
+                    },
+                    Err(e) => {
+                        tracing::error!(task = %r.name, resource = %r.id, error = %e, "task failed to start");
+                        Entry {
+                            resource: r,
+                            started,
+                            handle: None,
+                            error: Some(e.to_string()),
+                            retry: retry::RetryState::default(),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start failed runs again once their backoff is over, at most `retry.max_retries` times;
+    /// a task this worker has no configuration for is not retried (nothing would change).
+    async fn retry_failed(&self) {
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        for (name, e) in self.shared.table.lock().iter_mut() {
+            if !self.tasks.contains_key(&e.resource.name)
+                || e.retry.retries >= self.retry.max_retries
+            {
+                continue;
+            }
+            let Some(error) = e.failure() else {
+                continue;
+            };
+            match e.retry.next {
+                None => {
+                    let delay = self.retry.delay(e.retry.retries);
+                    tracing::warn!(task = %e.resource.name, resource = %e.resource.id, %error, retry_in = ?delay, "task failed; will retry");
+                    e.retry.last_error = Some(error);
+                    e.retry.next = Some(now + delay);
+                }
+                Some(at) if at <= now => due.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        for name in due {
+            let Some(old) = self.shared.table.lock().remove(&name) else {
+                continue;
+            };
+            if let Some(h) = old.handle {
+                h.stop().await;
+            }
+            let mut entry = self.start_entry(old.resource).await;
+            entry.retry = retry::RetryState {
+                retries: old.retry.retries + 1,
+                next: None,
+                last_error: old.retry.last_error,
+            };
+            tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, retry = entry.retry.retries, "task started again");
+            self.shared.table.lock().insert(name, entry);
+        }
+    }
+
+    async fn stop_one(&self, name: &str, why: &str) {
+        let entry = self.shared.table.lock().remove(name);
+        if let Some(e) = entry {
+            tracing::info!(task = %e.resource.name, resource = %e.resource.id, reason = why, "worker: stopping task");
+            if let Some(h) = e.handle {
+                h.stop().await;
+            }
+        }
+    }
+
+    async fn stop_all(&self, why: &str) {
+        let names: Vec<String> = self.shared.table.lock().keys().cloned().collect();
+        for name in names {
+            self.stop_one(&name, why).await;
+        }
+    }
+}
