@@ -40,9 +40,11 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest delta written as such; a larger change is written as a new base.
 pub const DELTA_MAX_BYTES: usize = 512 * 1024;
 /// Deltas are folded once they add up to the base's size, and at least this.
-pub const FOLD_MIN_BYTES: u64 = 1024 * 1024;
-/// Most deltas kept before a fold (bounds the reads of a resume).
-pub const MAX_DELTAS: u64 = 1024;
+pub const FOLD_MIN_BYTES: u64 = 256 * 1024;
+/// Most deltas kept before a fold (bounds the reads of a resume). High enough that the size
+/// rule decides until a crawl is large (16384 checkpoints of 20 pages: 327k pages); a lower
+/// cap made folds of a large base come every few thousand checkpoints, quadratic in all.
+pub const MAX_DELTAS: u64 = 16384;
 
 /// The pointer to the current checkpoint (JSON, readable with `etcdctl`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
