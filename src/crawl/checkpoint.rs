@@ -40,11 +40,19 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest delta written as such; a larger change is written as a new base.
 pub const DELTA_MAX_BYTES: usize = 512 * 1024;
 /// Deltas are folded once they add up to the base's size, and at least this.
-pub const FOLD_MIN_BYTES: u64 = 256 * 1024;
-/// Most deltas kept before a fold (bounds the reads of a resume). High enough that the size
-/// rule decides until a crawl is large (16384 checkpoints of 20 pages: 327k pages); a lower
-/// cap made folds of a large base come every few thousand checkpoints, quadratic in all.
+pub const FOLD_MIN_BYTES: u64 = 1024 * 1024;
+/// Most deltas ever kept before a fold (bounds the reads of a resume).
 pub const MAX_DELTAS: u64 = 16384;
+/// Deltas kept before a fold while the base is small (bounds the live keys of a small crawl).
+pub const MIN_DELTA_CAP: u64 = 1024;
+
+/// How many deltas may pile up on a base of `base_bytes` before it is folded: a forced fold
+/// rewrites the base, so the cap grows with it (one fold per 256 bytes of base amortises to a
+/// constant cost per checkpoint; a fixed 1024 made checkpoint bytes per page grow with the
+/// crawl), between [`MIN_DELTA_CAP`] and [`MAX_DELTAS`].
+pub fn delta_cap(base_bytes: u64) -> u64 {
+    (base_bytes / 256).clamp(MIN_DELTA_CAP, MAX_DELTAS)
+}
 
 /// The pointer to the current checkpoint (JSON, readable with `etcdctl`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -586,7 +594,7 @@ impl Checkpointer {
             let bytes = encode(&delta)?;
             let total = last.delta_bytes + bytes.len() as u64;
             let due = total >= last.bytes.max(FOLD_MIN_BYTES)
-                || last.delta_next - last.delta_first + 1 >= MAX_DELTAS
+                || last.delta_next - last.delta_first + 1 >= delta_cap(last.bytes)
                 || bytes.len() > DELTA_MAX_BYTES;
             if !due {
                 return Ok(Prepared {
