@@ -1,19 +1,19 @@
 //! `crawler`: a distributed web crawler whose coordination store — an etcd-compatible KV, watch,
 //! lease and election service on openraft over sled — runs inside its own processes.
+//!
+//! Floors, lowest first; a module imports only from floors below it (checked by
+//! `tests/architecture.rs`):
+//! `util` → `server` (the etcd-compatible member) → `client` (the KV client) → `coord`
+//! (registry, election, snowflake) → `services` (etcd's Election and Lock on `coord`) →
+//! `model` → `crawl` → `worker`, `master` → `bench`, `cli`.
 
-pub mod api;
 pub mod bench;
 pub mod cli;
-pub mod compactor;
+pub mod client;
 pub mod config;
+pub mod coord;
 pub mod crawl;
-pub mod dev;
-pub mod election;
-pub mod kv_client;
-pub mod lessor;
 pub mod master;
-pub mod member;
-pub mod registry;
-pub mod snowflake;
-pub mod watch_hub;
+pub mod server;
+pub mod services;
 pub mod worker;

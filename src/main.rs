@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use crawler::cli::{Cli, Command, StoreArgs};
-use crawler::member::Member;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc: far less CPU per request than glibc malloc under many concurrent clients.
@@ -26,30 +25,33 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Master(args) => {
-            let cfg = match crawler::dev::load_config(args.config.as_deref(), false) {
+            let cfg = match crawler::cli::dev::load_config(args.config.as_deref(), false) {
                 Ok(c) => c,
                 Err(e) => return fail("master", &e),
             };
             let flag = typed_log_level("master").then_some(args.store.log_level.as_str());
-            init_logging(&crawler::dev::log_level(flag, &cfg));
-            block_on("master", crawler::dev::run_master(args, cfg))
+            init_logging(&crawler::cli::dev::log_level(flag, &cfg));
+            block_on("master", crawler::cli::dev::run_master(args, cfg))
         }
         Command::Worker(args) => {
-            let cfg = match crawler::dev::load_config(args.config.as_deref(), false) {
+            let cfg = match crawler::cli::dev::load_config(args.config.as_deref(), false) {
                 Ok(c) => c,
                 Err(e) => return fail("worker", &e),
             };
-            init_logging(&crawler::dev::log_level(args.log_level.as_deref(), &cfg));
-            block_on("worker", crawler::dev::run_worker(args, cfg))
+            init_logging(&crawler::cli::dev::log_level(
+                args.log_level.as_deref(),
+                &cfg,
+            ));
+            block_on("worker", crawler::cli::dev::run_worker(args, cfg))
         }
         Command::Dev(args) => {
-            let cfg = match crawler::dev::load_config(args.config.as_deref(), true) {
+            let cfg = match crawler::cli::dev::load_config(args.config.as_deref(), true) {
                 Ok(c) => c,
                 Err(e) => return fail("dev", &e),
             };
             let flag = typed_log_level("dev").then_some(args.store.log_level.as_str());
-            init_logging(&crawler::dev::log_level(flag, &cfg));
-            block_on("dev", crawler::dev::run_dev(args, cfg))
+            init_logging(&crawler::cli::dev::log_level(flag, &cfg));
+            block_on("dev", crawler::cli::dev::run_dev(args, cfg))
         }
         Command::Bench(args) => crawler::bench::main(args),
         Command::Site(args) => {
@@ -97,7 +99,7 @@ async fn serve_site(args: crawler::cli::SiteArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {:?}: {e}", args.listen))?;
     println!("synthetic site ready: {}", site.seed());
     let _ = std::io::stdout().flush();
-    crawler::dev::wait_for_signal().await;
+    crawler::cli::dev::wait_for_signal().await;
     Ok(())
 }
 
@@ -110,7 +112,7 @@ async fn serve_demo_site(args: crawler::cli::DemoSiteArgs) -> anyhow::Result<()>
     let server = crawler::crawl::demo_site::serve(listener);
     println!("demo site ready: http://{addr}/books/");
     let _ = std::io::stdout().flush();
-    crawler::dev::wait_for_signal().await;
+    crawler::cli::dev::wait_for_signal().await;
     server.abort();
     Ok(())
 }
@@ -166,7 +168,7 @@ fn init_logging(level: &str) {
 
 async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     let cfg = args.member_config()?;
-    let member = Member::start(cfg).await?;
+    let member = crawler::services::start_member(cfg).await?;
     {
         // The ready line is the contract with scripts and tests that spawn the binary.
         let mut out = std::io::stdout().lock();
@@ -179,7 +181,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
-    crawler::dev::wait_for_signal().await;
+    crawler::cli::dev::wait_for_signal().await;
     tracing::info!("shutting down");
     member.shutdown().await
 }

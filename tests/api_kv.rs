@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crawler::member::{Limits, Member, MemberConfig};
+use crawler::server::member::{Limits, Member, MemberConfig};
 use crawler_proto::etcdserverpb as pb;
 use crawler_proto::etcdserverpb::cluster_client::ClusterClient;
 use crawler_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -47,9 +47,11 @@ impl Fixture {
             },
             listen_client: "127.0.0.1:0".parse().expect("addr"),
             limits: Limits::default(),
-            auto_compaction: crawler::compactor::AutoCompaction::Off,
+            auto_compaction: crawler::server::compactor::AutoCompaction::Off,
         };
-        let member = Member::start(cfg).await.expect("member starts");
+        let member = crawler::services::start_member(cfg)
+            .await
+            .expect("member starts");
         let url = format!("http://{}", member.client_addr());
         let channel = Channel::from_shared(url)
             .expect("url")

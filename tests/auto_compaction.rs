@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crawler::kv_client::{KvClientExt, RemoteConfig, RemoteKvClient};
+use crawler::client::{KvClientExt, RemoteConfig, RemoteKvClient};
 use serde_json::Value;
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use crawler::bench::{self, BenchArgs, Report};
 use crawler::cli::{Cli, Command};
-use crawler::member::Member;
+use crawler::server::member::Member;
 use crawler_proto::etcdserverpb::kv_client::KvClient;
 use crawler_proto::etcdserverpb::RangeRequest;
 
@@ -48,7 +48,7 @@ async fn start_member(dir: &tempfile::TempDir) -> Member {
     let Command::Store(args) = cli.command else {
         panic!("not the store command");
     };
-    let member = Member::start(args.member_config().expect("valid config"))
+    let member = crawler::services::start_member(args.member_config().expect("valid config"))
         .await
         .expect("member starts");
     // Ready once a linearizable read succeeds (a leader exists and has applied).

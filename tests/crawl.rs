@@ -33,13 +33,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use crawler::client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
 use crawler::config::Config;
 use crawler::crawl::checkpoint::{
     CheckpointError, CheckpointStore, Checkpointer, DoneMarker, Manifest,
 };
 use crawler::crawl::frontier::{Counters, Frontier};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
-use crawler::kv_client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
 use crawler::master::{Master, MasterConfig, Resource};
 use crawler::worker::{TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
 use etcd_support::EtcdServer;

@@ -25,11 +25,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crawler::client::{KvClient, KvClientExt};
 use crawler::config::{Config, TaskConfig};
 use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
 use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
-use crawler::kv_client::{KvClient, KvClientExt};
 use crawler::master::{Master, MasterConfig, Resource, ResourceStore};
 use crawler::worker::{TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
 use our_store::OurStore;
@@ -529,10 +529,10 @@ impl DevProcess {
 
     /// Keys in the store.
     async fn keys(&self) -> i64 {
-        let cfg = crawler::kv_client::RemoteConfig::new([self.client_url.clone()]);
-        let c = crawler::kv_client::RemoteKvClient::new(cfg).expect("client");
+        let cfg = crawler::client::RemoteConfig::new([self.client_url.clone()]);
+        let c = crawler::client::RemoteKvClient::new(cfg).expect("client");
         let r = c
-            .range(crawler::kv_client::RangeRequest {
+            .range(crawler::client::RangeRequest {
                 key: vec![0],
                 range_end: vec![0],
                 count_only: true,

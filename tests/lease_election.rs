@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crawler::member::{Limits, Member, MemberConfig};
+use crawler::server::member::{Limits, Member, MemberConfig};
 use crawler_proto::etcdserverpb as pb;
 use crawler_proto::etcdserverpb::kv_client::KvClient;
 use crawler_proto::etcdserverpb::lease_client::LeaseClient;
@@ -52,7 +52,7 @@ fn node_config(
         },
         listen_client: format!("127.0.0.1:{client_port}").parse().expect("addr"),
         limits: Limits::default(),
-        auto_compaction: crawler::compactor::AutoCompaction::Off,
+        auto_compaction: crawler::server::compactor::AutoCompaction::Off,
     }
 }
 
@@ -244,9 +244,15 @@ impl Single {
         let dir = tempfile::tempdir().expect("temp dir");
         let peer = free_port();
         let cluster = vec![("solo".to_string(), format!("http://127.0.0.1:{peer}"))];
-        let member = Member::start(node_config(dir.path(), "solo", peer, free_port(), &cluster))
-            .await
-            .expect("member starts");
+        let member = crawler::services::start_member(node_config(
+            dir.path(),
+            "solo",
+            peer,
+            free_port(),
+            &cluster,
+        ))
+        .await
+        .expect("member starts");
         let mut c = Clients::connect(&member).await;
         c.wait_ready().await;
         Single {
@@ -689,10 +695,9 @@ async fn leases_across_three_members() {
         .zip(&ports)
         .map(|(n, (p, _))| (n.to_string(), format!("http://127.0.0.1:{p}")))
         .collect();
-    let starts = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, (p, c))| Member::start(node_config(dir.path(), n, *p, *c, &cluster)));
+    let starts = names.iter().zip(&ports).map(|(n, (p, c))| {
+        crawler::services::start_member(node_config(dir.path(), n, *p, *c, &cluster))
+    });
     let mut members: Vec<Option<Member>> = futures::future::join_all(starts)
         .await
         .into_iter()

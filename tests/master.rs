@@ -2,7 +2,7 @@
 //! in-process client, workers and checks over gRPC) and on a real etcd 3.4 process (skipped with a
 //! message when `/usr/bin/etcd` is missing).
 //!
-//! Workers are lightweight registry registrations made through `crawler::registry`, exactly as
+//! Workers are lightweight registry registrations made through `crawler::coord::registry`, exactly as
 //! `crawler worker` registers; killing one = revoking its lease or letting it expire.
 
 #[path = "support/etcd.rs"]
@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler::election::Election;
-use crawler::kv_client::{KvClientExt, RangeRequest};
+use crawler::client::{KvClientExt, RangeRequest};
+use crawler::coord::election::Election;
+use crawler::coord::snowflake::SnowflakeId;
 use crawler::master::{Resource, ResourceStore, WriteError};
-use crawler::snowflake::SnowflakeId;
 use crawler_proto::crawler::{Empty, ResourceSpec};
 use master_env::{
     eventually, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,

@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crawler::member::{Limits, Member, MemberConfig};
-use crawler::watch_hub::{Delivery, WatchHub, WatchSpec, Watcher, WATCHER_BUFFER};
+use crawler::server::member::{Limits, Member, MemberConfig};
+use crawler::server::watch_hub::{Delivery, WatchHub, WatchSpec, Watcher, WATCHER_BUFFER};
 use crawler_proto::etcdserverpb::kv_client::KvClient;
 use crawler_proto::etcdserverpb::watch_client::WatchClient;
 use crawler_proto::etcdserverpb::watch_create_request::FilterType;
@@ -456,11 +456,11 @@ impl TestMember {
             snapshot_count: 100_000,
             peer_dial_overrides: Default::default(),
         };
-        let member = Member::start(MemberConfig {
+        let member = crawler::services::start_member(MemberConfig {
             node,
             listen_client: SocketAddr::from(([127, 0, 0, 1], 0)),
             limits: Limits::default(),
-            auto_compaction: crawler::compactor::AutoCompaction::Off,
+            auto_compaction: crawler::server::compactor::AutoCompaction::Off,
         })
         .await
         .expect("start member");
@@ -896,7 +896,7 @@ async fn service_slow_client_does_not_block_writers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_periodic_progress_notify() {
-    use crawler::api::watch::WatchService;
+    use crawler::server::grpc::watch::WatchService;
     use crawler_proto::etcdserverpb::watch_server::WatchServer;
 
     let tm = TestMember::start().await;

@@ -23,12 +23,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler::config::TaskConfig;
-use crawler::kv_client::local::LocalClient;
-use crawler::kv_client::{
+use crawler::client::local::LocalClient;
+use crawler::client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient, KvClientExt, PutRequest,
     RangeRequest, RemoteConfig, RemoteKvClient, RequestOp, TxnRequest, WatchSpec,
 };
+use crawler::config::TaskConfig;
 use crawler::worker::{
     LoggingRunner, TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions,
 };
@@ -87,7 +87,7 @@ impl TaskRunner for RecordingRunner {
     fn start(
         &self,
         spec: TaskSpec,
-    ) -> crawler::kv_client::BoxFuture<'_, Result<Box<dyn TaskHandle>, crawler::worker::RunnerError>>
+    ) -> crawler::client::BoxFuture<'_, Result<Box<dyn TaskHandle>, crawler::worker::RunnerError>>
     {
         let id = spec.resource.id.clone();
         if self.running_ids().contains(&id) {

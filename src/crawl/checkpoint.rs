@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::frontier::{Counters, Delta, Frontier, Snapshot};
-use crate::kv_client::{
+use crate::client::{
     prefix_range_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient,
     KvClientExt, KvError, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };

@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::client::{BoxFuture, KvClient};
 use crate::config::TaskConfig;
-use crate::kv_client::{BoxFuture, KvClient};
 use crate::master::RESOURCE_PREFIX;
 use crate::worker::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
 

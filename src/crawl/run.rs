@@ -416,7 +416,7 @@ impl Run {
             .unwrap_or_else(|_| {
                 // Abandoned midway: it may or may not have landed.
                 self.checkpointer.need_base();
-                Err(CheckpointError::Kv(crate::kv_client::KvError::Timeout(
+                Err(CheckpointError::Kv(crate::client::KvError::Timeout(
                     "checkpoint write".into(),
                 )))
             });

@@ -14,7 +14,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::kv_client::BoxFuture;
+use crate::client::BoxFuture;
 
 /// Bytes of JSON lines a task's file buffers before writing them out.
 pub const JSONL_BUFFER_BYTES: usize = 256 * 1024;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::resources::Resource;
-use crate::registry::Node;
+use crate::coord::registry::Node;
 
 /// Resources per live worker, counted from stored resources.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,7 +140,7 @@ mod tests {
         let mut limited = ws.clone();
         if let Some(w1) = limited.get_mut("w1") {
             w1.metadata
-                .insert(crate::registry::TASKS_METADATA.into(), "a,b".into());
+                .insert(crate::coord::registry::TASKS_METADATA.into(), "a,b".into());
         }
         assert_eq!(load.least_loaded_for(&limited, "b").unwrap().id, "w1");
         assert_eq!(load.least_loaded_for(&limited, "c").unwrap().id, "w2");

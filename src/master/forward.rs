@@ -14,7 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::ops::{AddOutcome, ApiError};
 use super::resources::Resource;
-use crate::registry::Node;
+use crate::coord::registry::Node;
 
 /// Metadata key marking a call forwarded by another master.
 pub const FORWARDED: &str = "x-crawler-forwarded";

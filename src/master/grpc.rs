@@ -21,7 +21,7 @@ fn forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED)
 }
 
-fn node_spec(n: crate::registry::Node) -> NodeSpec {
+fn node_spec(n: crate::coord::registry::Node) -> NodeSpec {
     NodeSpec {
         id: n.id,
         address: n.address,

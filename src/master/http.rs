@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use super::ops::ApiError;
 use super::resources::Resource;
 use super::Inner;
-use crate::registry::Node;
+use crate::coord::registry::Node;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use super::assign::Load;
 use super::resources::{format_assigned, Fence, Resource, StoredResource, WriteError};
 use super::{Inner, Term};
-use crate::election::{ElectionError, Leadership, Session};
-use crate::kv_client::KvError;
-use crate::registry::RegistryError;
+use crate::client::KvError;
+use crate::coord::election::{ElectionError, Leadership, Session};
+use crate::coord::registry::RegistryError;
 
 /// Pause before retrying after a store failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);

@@ -27,11 +27,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::client::{KvClient, KvClientExt};
 use crate::config;
-use crate::election::{self, Election};
-use crate::kv_client::{KvClient, KvClientExt};
-use crate::registry::{self, Registry};
-use crate::snowflake::{Snowflake, SnowflakeError};
+use crate::coord::election::{self, Election};
+use crate::coord::registry::{self, Registry};
+use crate::coord::snowflake::{Snowflake, SnowflakeError};
 
 pub use ops::{AddOutcome, ApiError, LeaderView};
 pub use resources::{
@@ -469,7 +469,7 @@ impl Master {
     }
 
     /// The worker set as this master currently sees it.
-    pub fn workers(&self) -> Vec<crate::registry::Node> {
+    pub fn workers(&self) -> Vec<crate::coord::registry::Node> {
         self.inner.workers.snapshot().into_values().collect()
     }
 

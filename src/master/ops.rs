@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::assign::Load;
 use super::resources::{format_assigned, validate_name, Resource, WriteError};
 use super::{Inner, Term};
-use crate::kv_client::KvError;
-use crate::registry::Node;
+use crate::client::KvError;
+use crate::coord::registry::Node;
 
 /// How long a write waits for a leader that has won but is not ready yet.
 const READY_WAIT: Duration = Duration::from_secs(5);

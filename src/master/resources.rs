@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::election::Leadership;
-use crate::kv_client::{
+use crate::client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvClient, KvClientExt,
     KvError, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
 };
+use crate::coord::election::Leadership;
 
 /// Prefix of every resource key.
 pub const RESOURCE_PREFIX: &str = "/resources/";
@@ -326,7 +326,7 @@ impl ResourceStore {
         // Every write under it is guarded by the resource key, so nothing lands there after.
         let space = task_prefix(name).into_bytes();
         let state = RequestOp::DeleteRange(DeleteRangeRequest {
-            range_end: crate::kv_client::prefix_range_end(&space),
+            range_end: crate::client::prefix_range_end(&space),
             key: space,
             ..DeleteRangeRequest::default()
         });

@@ -13,7 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::registry::{Action, Node, Registry, RegistryError, RegistryEvent};
+use crate::coord::registry::{Action, Node, Registry, RegistryError, RegistryEvent};
 
 /// go-micro service name the workers register under.
 pub const WORKER_SERVICE: &str = "go.micro.server.worker";
@@ -227,7 +227,7 @@ mod tests {
     fn event(action: Action, n: Node, revision: i64) -> RegistryEvent {
         RegistryEvent {
             action,
-            service: crate::registry::Service {
+            service: crate::coord::registry::Service {
                 name: "go.micro.server.worker".into(),
                 nodes: vec![n],
                 ..Default::default()
@@ -241,10 +241,11 @@ mod tests {
     #[tokio::test]
     async fn events_sharing_a_revision_all_apply() {
         // `apply` never talks to the store; the client only has to exist.
-        let client = crate::kv_client::remote::RemoteKvClient::new(
-            crate::kv_client::remote::RemoteConfig::new(["127.0.0.1:1"]),
-        )
-        .expect("client");
+        let client =
+            crate::client::remote::RemoteKvClient::new(crate::client::remote::RemoteConfig::new([
+                "127.0.0.1:1",
+            ]))
+            .expect("client");
         let set_ = WorkerSet::new(Registry::new(Arc::new(client)), "go.micro.server.worker");
         set_.apply(event(Action::Create, node("w1", "a:1"), 5));
         set_.apply(event(Action::Create, node("w2", "a:2"), 5));

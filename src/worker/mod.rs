@@ -2,7 +2,7 @@
 //!
 //! - **Registration**: service `go.micro.server.worker`, node `go.micro.server.worker-<id>`,
 //!   address = the advertised gRPC address, on a lease of `RegisterTTL` kept alive (and
-//!   re-registered when lost) by [`crate::registry`]. A clean stop deregisters at once; a crash
+//!   re-registered when lost) by [`crate::coord::registry`]. A clean stop deregisters at once; a crash
 //!   leaves the key until the lease expires.
 //! - **Assignments**: a consistent snapshot of `/resources/` (a read-only txn, which reports the
 //!   revision R it read at), then a watch from R+1: no change is missed and none is seen twice.
@@ -43,12 +43,14 @@ pub use runner::{
     TaskRunner, TaskSpec, TaskState,
 };
 
-use crate::config::{self, ServerSettings, TaskConfig};
-use crate::kv_client::{
+use crate::client::{
     prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
     TxnRequest, WatchSpec,
 };
-use crate::registry::{Node, RegisterOptions, Registration, Registry, RegistryError, Service};
+use crate::config::{self, ServerSettings, TaskConfig};
+use crate::coord::registry::{
+    Node, RegisterOptions, Registration, Registry, RegistryError, Service,
+};
 use assignments::Assigner;
 use registration::{guard_registration, RegState};
 
@@ -404,7 +406,10 @@ impl Worker {
         let mut names: Vec<&str> = opts.tasks.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         if !names.is_empty() {
-            metadata.insert(crate::registry::TASKS_METADATA.to_string(), names.join(","));
+            metadata.insert(
+                crate::coord::registry::TASKS_METADATA.to_string(),
+                names.join(","),
+            );
         }
         let service = Service::with_node(
             opts.service.clone(),

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::client::BoxFuture;
 use crate::config::TaskConfig;
-use crate::kv_client::BoxFuture;
 
 /// A resource as the master stores it at `/resources/<name>` (the seed's JSON shape).
 pub use crate::master::Resource;

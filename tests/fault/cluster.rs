@@ -403,7 +403,7 @@ impl FaultCluster {
         }
         if std::env::var_os("RUST_LOG").is_none() {
             // Lease decisions at debug level: the lease checks' failures need them.
-            cmd.env("RUST_LOG", "info,crawler::lessor=debug");
+            cmd.env("RUST_LOG", "info,crawler::server::lessor=debug");
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -10,13 +10,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler::election::{Election, ElectionError, Session};
-use crawler::kv_client::{
+use crawler::client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventType, KvClient, KvClientExt,
     KvError, LeaseKeeper, PutRequest, RangeRequest, RemoteConfig, RemoteKvClient, RequestOp,
     ResponseOp, SortOrder, SortTarget, TxnRequest, WatchBatch, WatchSpec, WatchStream,
 };
-use crawler::registry::{
+use crawler::coord::election::{Election, ElectionError, Session};
+use crawler::coord::registry::{
     Action, Node, RegisterOptions, Registry, RegistryEvent, RegistryWatcher, Service,
 };
 
@@ -595,7 +595,7 @@ pub async fn registry_ops(endpoints: &[String]) {
 /// Two candidates: the second leads after the first resigns; leader query; observe; loss.
 pub async fn election_ops(endpoints: &[String]) {
     let c = client(endpoints);
-    let election = Election::new(c.clone(), crawler::election::DEFAULT_PREFIX);
+    let election = Election::new(c.clone(), crawler::coord::election::DEFAULT_PREFIX);
     assert!(election.leader().await.expect("leader").is_none());
     let mut observer = election.observe().await.expect("observe");
     let first = tokio::time::timeout(WAIT, observer.next())
@@ -610,8 +610,8 @@ pub async fn election_ops(endpoints: &[String]) {
     let s2 = Session::new(c.clone(), Duration::from_secs(5))
         .await
         .expect("session 2");
-    let v1 = crawler::election::master_value(1, "127.0.0.1:9091");
-    let v2 = crawler::election::master_value(2, "127.0.0.1:9092");
+    let v1 = crawler::coord::election::master_value(1, "127.0.0.1:9091");
+    let v2 = crawler::coord::election::master_value(2, "127.0.0.1:9092");
     let l1 = election
         .campaign(&s1, v1.clone())
         .await
@@ -782,7 +782,9 @@ fn fence_rev(c: &Compare) -> i64 {
     }
 }
 
-async fn next_leader(o: &mut crawler::election::Observer) -> crawler::election::LeaderInfo {
+async fn next_leader(
+    o: &mut crawler::coord::election::Observer,
+) -> crawler::coord::election::LeaderInfo {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let item = tokio::time::timeout_at(deadline, o.next())

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crawler::kv_client::{KvClientExt, RemoteConfig, RemoteKvClient};
+use crawler::client::{KvClientExt, RemoteConfig, RemoteKvClient};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 

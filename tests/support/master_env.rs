@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crawler::kv_client::local::LocalClient;
-use crawler::kv_client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
+use crawler::client::local::LocalClient;
+use crawler::client::{KvClient, KvClientExt, RemoteConfig, RemoteKvClient};
+use crawler::coord::registry::{Node, RegisterOptions, Registration, Registry, Service};
 use crawler::master::{Master, MasterConfig, Resource, RESOURCE_PREFIX, WORKER_SERVICE};
-use crawler::member::{Limits, Member, MemberConfig};
-use crawler::registry::{Node, RegisterOptions, Registration, Registry, Service};
+use crawler::server::member::{Limits, Member, MemberConfig};
 use crawler_proto::crawler::crawler_master_client::CrawlerMasterClient;
 use crawler_raft::{ClusterState, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -164,9 +164,11 @@ impl Backend {
                     },
                     listen_client: SocketAddr::from(([127, 0, 0, 1], client)),
                     limits: Limits::default(),
-                    auto_compaction: crawler::compactor::AutoCompaction::Off,
+                    auto_compaction: crawler::server::compactor::AutoCompaction::Off,
                 };
-                let member = Member::start(cfg).await.expect("member starts");
+                let member = crawler::services::start_member(cfg)
+                    .await
+                    .expect("member starts");
                 let b = Backend::Store {
                     member: Some(member),
                     _dir: dir,

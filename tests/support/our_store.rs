@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use crawler::cli::{Cli, Command as CliCommand};
-use crawler::kv_client::local::LocalClient;
-use crawler::kv_client::KvClient;
-use crawler::member::Member;
+use crawler::client::local::LocalClient;
+use crawler::client::KvClient;
+use crawler::server::member::Member;
 
 use crate::etcd_support::free_port;
 
@@ -48,7 +48,7 @@ impl OurStore {
         let CliCommand::Store(args) = cli.command else {
             panic!("not the store command");
         };
-        let member = Member::start(args.member_config().expect("member config"))
+        let member = crawler::services::start_member(args.member_config().expect("member config"))
             .await
             .expect("member starts");
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;

@@ -4,11 +4,13 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+pub mod dev;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crawler_raft::{ClusterState, NodeConfig};
 
-use crate::compactor::{self, CompactionMode, RetentionError};
-use crate::member::{Limits, MemberConfig};
+use crate::server::compactor::{self, CompactionMode, RetentionError};
+use crate::server::member::{Limits, MemberConfig};
 
 /// `crawler`: a distributed web crawler with a built-in etcd-compatible store.
 #[derive(Debug, Parser)]
@@ -705,7 +707,7 @@ mod tests {
 
     #[test]
     fn auto_compaction_flags() {
-        use crate::compactor::AutoCompaction;
+        use crate::server::compactor::AutoCompaction;
         use std::time::Duration;
 
         let plain = store(&[]).expect("parse");

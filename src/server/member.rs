@@ -9,31 +9,15 @@ use crawler_raft::{NodeConfig, RaftNode};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiContext};
-use crate::compactor::{AutoCompaction, Compactor};
-use crate::lessor::{Lessor, LessorConfig};
-use crate::watch_hub::WatchHub;
+use crate::server::compactor::{AutoCompaction, Compactor};
+use crate::server::grpc::{self, ApiContext};
+use crate::server::h2_authority;
+use crate::server::lessor::{Lessor, LessorConfig};
+pub use crate::server::limits::Limits;
+use crate::server::watch_hub::WatchHub;
 
 /// How long `shutdown` lets open gRPC calls (watch streams, keep-alives) finish.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(2);
-
-/// Limits enforced on client requests (etcd's defaults).
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// `--max-request-bytes`, default 1.5 MiB.
-    pub max_request_bytes: usize,
-    /// `--max-txn-ops`, default 128.
-    pub max_txn_ops: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_request_bytes: 1536 * 1024,
-            max_txn_ops: 128,
-        }
-    }
-}
 
 /// Configuration of one member.
 #[derive(Clone, Debug)]
@@ -58,8 +42,17 @@ pub struct Member {
 }
 
 impl Member {
-    /// Start a member and serve etcd's API.
+    /// Start a member and serve etcd's core services.
     pub async fn start(cfg: MemberConfig) -> anyhow::Result<Member> {
+        Self::start_with(cfg, |_, routes| routes).await
+    }
+
+    /// Start a member and serve etcd's core services plus those `extra` adds on the member's
+    /// context (a higher layer's services, e.g. Election and Lock).
+    pub async fn start_with(
+        cfg: MemberConfig,
+        extra: impl FnOnce(ApiContext, tonic::service::Routes) -> tonic::service::Routes,
+    ) -> anyhow::Result<Member> {
         // Bind first: a taken client port should fail before raft touches the data dir.
         let listener = tokio::net::TcpListener::bind(cfg.listen_client)
             .await
@@ -84,9 +77,9 @@ impl Member {
         // `http://host:port` as authority on some commands, which h2 would reject.
         let incoming = tokio_stream::StreamExt::map(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            |conn| conn.map(api::h2_authority::AuthorityShim::new),
+            |conn| conn.map(h2_authority::AuthorityShim::new),
         );
-        let routes = api::router(ctx.clone());
+        let routes = extra(ctx.clone(), grpc::router(ctx.clone()));
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_routes(routes)

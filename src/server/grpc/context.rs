@@ -9,9 +9,9 @@ use crawler_storage::{Command, CommandResult};
 use tonic::Status;
 
 use super::error;
-use crate::lessor::Lessor;
-use crate::member::Limits;
-use crate::watch_hub::WatchHub;
+use crate::server::lessor::Lessor;
+use crate::server::limits::Limits;
+use crate::server::watch_hub::WatchHub;
 
 /// Handles of one member that the API layer works on. Cheap to clone.
 #[derive(Clone)]

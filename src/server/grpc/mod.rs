@@ -6,12 +6,9 @@
 pub mod cluster;
 pub mod context;
 pub mod convert;
-pub mod election;
 pub mod error;
-pub mod h2_authority;
 pub mod kv;
 pub mod lease;
-pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
@@ -22,15 +19,14 @@ use crawler_proto::etcdserverpb::kv_server::KvServer;
 use crawler_proto::etcdserverpb::lease_server::LeaseServer;
 use crawler_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crawler_proto::etcdserverpb::watch_server::WatchServer;
-use crawler_proto::v3electionpb::election_server::ElectionServer;
-use crawler_proto::v3lockpb::lock_server::LockServer;
 
 /// Extra bytes gRPC may decode beyond `--max-request-bytes` (etcd's `grpcOverheadBytes`), so an
 /// oversized request reaches the handler and gets etcd's "request is too large" instead of a
 /// transport error.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// All of etcd's services of one member, ready to be served by tonic.
+/// etcd's core services of one member (KV, Watch, Lease, Cluster, Maintenance), ready to be
+/// served by tonic; Election and Lock are added by `crate::services`.
 pub fn router(ctx: ApiContext) -> tonic::service::Routes {
     let max = ctx
         .limits
@@ -50,12 +46,7 @@ pub fn router(ctx: ApiContext) -> tonic::service::Routes {
             .max_decoding_message_size(max),
     )
     .add_service(
-        MaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
+        MaintenanceServer::new(maintenance::MaintenanceService::new(ctx))
             .max_decoding_message_size(max),
     )
-    .add_service(
-        ElectionServer::new(election::ElectionService::new(ctx.clone()))
-            .max_decoding_message_size(max),
-    )
-    .add_service(LockServer::new(lock::LockService::new(ctx)).max_decoding_message_size(max))
 }

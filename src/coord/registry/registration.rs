@@ -311,12 +311,10 @@ impl Registration {
                     key: key.as_bytes().to_vec(),
                     range_end: Vec::new(),
                 }],
-                success: vec![RequestOp::DeleteRange(
-                    crate::kv_client::DeleteRangeRequest {
-                        key: key.as_bytes().to_vec(),
-                        ..Default::default()
-                    },
-                )],
+                success: vec![RequestOp::DeleteRange(crate::client::DeleteRangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    ..Default::default()
+                })],
                 failure: Vec::new(),
             };
             self.shared.client.txn(mine).await?;

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::context::{unexpected_result, ApiContext};
-use super::{convert, error};
-use crate::watch_hub::{Delivery, WatchSpec, Watcher};
+use crate::server::grpc::context::{unexpected_result, ApiContext};
+use crate::server::grpc::{convert, error};
+use crate::server::watch_hub::{Delivery, WatchSpec, Watcher};
 
 /// TTL of the lease etcd's server grants when a Campaign or Lock names no lease (lease 0): the
 /// `concurrency` package's default session TTL.

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::context::ApiContext;
 use super::convert::event_to_proto;
-use crate::watch_hub::{Delivery, WatchSpec};
+use crate::server::watch_hub::{Delivery, WatchSpec};
 
 /// etcd's default interval between progress notifications of idle `progress_notify` watchers.
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::kv_client::{
+use crate::client::{
     Compare, CompareResult, CompareTarget, EventType, KeyValue, KvClient, KvClientExt, KvError,
     PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest, WatchSpec, WatchStream,
 };

@@ -21,10 +21,10 @@ use super::{
     RangeRequest, RangeResponse, Reply, RequestOp, ResponseOp, TxnRequest, TxnResponse, WatchBatch,
     WatchItem, WatchSpec, WatchStream,
 };
-use crate::api::{self, ApiContext};
-use crate::lessor::LeaseError;
-use crate::member::Member;
-use crate::watch_hub::{self, Delivery};
+use crate::server::grpc::{self as api, ApiContext};
+use crate::server::lessor::LeaseError;
+use crate::server::member::Member;
+use crate::server::watch_hub::{self, Delivery};
 
 /// Batches buffered between the hub receiver task and the consumer of a watch.
 const WATCH_BUFFER: usize = 64;

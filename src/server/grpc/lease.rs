@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::context::ApiContext;
 use super::error;
-use crate::lessor::LeaseError;
+use crate::server::lessor::LeaseError;
 
 /// Keep-alive replies buffered per stream before the stream's task waits for the client.
 const KEEPALIVE_BUFFER: usize = 16;

@@ -11,12 +11,12 @@ use crawler_storage::{
 };
 use tonic::{Request, Response, Status};
 
-use super::context::{unexpected_result, ApiContext};
 use super::election::{
     candidate_key, create_equals, ensure_lease, first_range_kv, prefix_end, txn, wait_turn,
     Withdraw,
 };
-use super::error;
+use crate::server::grpc::context::{unexpected_result, ApiContext};
+use crate::server::grpc::error;
 
 /// etcd's `concurrency.ErrSessionExpired`: the waiter's key vanished (its lease ended).
 pub const ERR_SESSION_EXPIRED: &str = "mutex: session is expired";

@@ -18,12 +18,12 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::cli::{DevArgs, MasterArgs, StoreArgs, WorkerArgs};
+use crate::client::local::LocalClient;
+use crate::client::{KvClient, RemoteConfig, RemoteKvClient};
 use crate::config::{self, Config, Role, ServerOverrides, ServerSettings};
 use crate::crawl::{demo_site, CrawlOptions, CrawlRunner};
-use crate::kv_client::local::LocalClient;
-use crate::kv_client::{KvClient, RemoteConfig, RemoteKvClient};
 use crate::master::{Master, MasterConfig};
-use crate::member::Member;
+use crate::server::member::Member;
 use crate::worker::{Worker, WorkerOptions};
 
 /// Data directory of `crawler dev` when `--data-dir` is not given.
@@ -81,7 +81,7 @@ fn print_line(line: &str) {
 /// and wait (bounded) until the cluster has a leader.
 async fn start_member(store: &StoreArgs) -> anyhow::Result<Member> {
     let cfg = store.member_config_with(crate::cli::EMBEDDED_DEFAULTS)?;
-    let member = Member::start(cfg).await?;
+    let member = crate::services::start_member(cfg).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     while member.raft().status().leader.is_none() {
         if tokio::time::Instant::now() >= deadline {

@@ -5,7 +5,7 @@ use crawler_raft::RaftError;
 use crawler_storage::ApplyError;
 use tonic::{Code, Status};
 
-use crate::lessor::LeaseError;
+use crate::server::lessor::LeaseError;
 
 /// `etcdserver: key is not provided` (InvalidArgument).
 pub fn empty_key() -> Status {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::kv_client::keepalive::wait_lost;
-use crate::kv_client::{
+use crate::client::keepalive::wait_lost;
+use crate::client::{
     prefix_range_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventType,
     KeyValue, KvClient, KvError, LeaseKeeper, PutRequest, RangeRequest, RequestOp, ResponseOp,
     SortOrder, SortTarget, TxnRequest, WatchSpec,
@@ -614,7 +614,7 @@ fn same_leader(a: &Option<LeaderInfo>, b: &Option<LeaderInfo>) -> bool {
 
 async fn observe_loop(
     election: Election,
-    mut stream: crate::kv_client::WatchStream,
+    mut stream: crate::client::WatchStream,
     mut current: Option<LeaderInfo>,
     tx: mpsc::Sender<Result<Option<LeaderInfo>, ElectionError>>,
 ) {
