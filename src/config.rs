@@ -24,11 +24,13 @@
 //! override the file ([`ServerOverrides`]); what neither sets gets a default ([`Role`]).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::util::url::{parse_endpoints, parse_listen};
 
 /// go-micro service name of workers.
 pub const WORKER_SERVICE: &str = "go.micro.server.worker";
@@ -774,87 +776,6 @@ fn check_advertise(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse a listen address: `:port` (every interface), `host:port`, `[v6]:port`.
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{s:?}: invalid port (expected :port or host:port)"))?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-    }
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !s.contains(':') {
-        return Err(format!("{s:?}: expected :port or host:port"));
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("{s:?}: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| format!("{s:?}: resolves to no address"))
-}
-
-/// The address to register for a server bound at `bound`: `explicit` when given (a bare host
-/// gets the bound port), else the bound address with a wildcard IP replaced by 127.0.0.1.
-pub fn advertise_address(bound: SocketAddr, explicit: Option<&str>) -> String {
-    if let Some(e) = explicit.map(str::trim).filter(|e| !e.is_empty()) {
-        let has_port = e.parse::<SocketAddr>().is_ok()
-            || (!e.starts_with('[') && e.matches(':').count() == 1)
-            || (e.starts_with('[') && e.contains("]:"));
-        return if has_port {
-            e.to_string()
-        } else if e.contains(':') && !e.starts_with('[') {
-            format!("[{e}]:{}", bound.port())
-        } else {
-            format!("{e}:{}", bound.port())
-        };
-    }
-    if bound.ip().is_unspecified() {
-        let ip = match bound.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        };
-        SocketAddr::new(ip, bound.port()).to_string()
-    } else {
-        bound.to_string()
-    }
-}
-
-/// Parse a comma-separated endpoint list; `:port` means `127.0.0.1:port`; `http://` is kept.
-pub fn parse_endpoints(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if part.starts_with("https://") {
-            return Err(format!("{part:?}: TLS endpoints are not supported"));
-        }
-        let bare = part.strip_prefix("http://").unwrap_or(part);
-        let bare = bare.trim_end_matches('/');
-        let hostport = if let Some(port) = bare.strip_prefix(':') {
-            format!("127.0.0.1:{port}")
-        } else {
-            bare.to_string()
-        };
-        let port_ok = hostport
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok || hostport.contains('/') {
-            return Err(format!("{part:?}: expected host:port"));
-        }
-        out.push(hostport);
-    }
-    if out.is_empty() {
-        return Err("no endpoint given".into());
-    }
-    Ok(out)
-}
-
 impl Config {
     /// Read and check a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1144,21 +1065,4 @@ ID = 2
         assert!(e.to_string().contains("--http"), "{e}");
     }
 
-    #[test]
-    fn listen_and_advertise() {
-        let a = parse_listen(":9089").expect("port only");
-        assert!(a.ip().is_unspecified() && a.port() == 9089);
-        assert_eq!(advertise_address(a, None), "127.0.0.1:9089");
-        let b: SocketAddr = "10.1.2.3:7".parse().expect("addr");
-        assert_eq!(advertise_address(b, None), "10.1.2.3:7");
-        assert_eq!(
-            advertise_address(a, Some("192.168.0.107")),
-            "192.168.0.107:9089"
-        );
-        assert_eq!(advertise_address(a, Some("h:1")), "h:1");
-        assert!(parse_listen("9089").is_err());
-        assert!(parse_endpoints(":2379").expect("ok") == vec!["127.0.0.1:2379".to_string()]);
-        assert!(parse_endpoints("https://a:1").is_err());
-        assert!(parse_endpoints(" , ").is_err());
-    }
 }

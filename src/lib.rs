@@ -16,4 +16,5 @@ pub mod crawl;
 pub mod master;
 pub mod server;
 pub mod services;
+pub mod util;
 pub mod worker;

@@ -247,19 +247,12 @@ impl Ctx {
     }
 }
 
-fn endpoint_url(ep: &str) -> String {
-    if ep.starts_with("http://") || ep.starts_with("https://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    }
-}
 
 async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
         let ep = &endpoints[i % endpoints.len()];
-        let url = endpoint_url(ep);
+        let url = crate::util::url::endpoint_url(ep).map_err(BenchError::Config)?;
         let endpoint = Endpoint::from_shared(url)
             .map_err(|e| BenchError::Config(format!("endpoint {ep:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)

@@ -108,7 +108,7 @@ pub fn master_config(s: &ServerSettings, cfg: &Config) -> anyhow::Result<MasterC
     mc.grpc_advertise = s
         .advertise
         .as_deref()
-        .map(|a| config::advertise_address(s.grpc_listen, Some(a)));
+        .map(|a| crate::util::url::advertise_address(s.grpc_listen, Some(a)));
     mc.worker_service = worker_service(cfg);
     Ok(mc)
 }

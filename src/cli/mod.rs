@@ -1,7 +1,7 @@
 //! Command line: `crawler store` with etcd's flag names, so that scripts written for `etcd` work
 //! with little change.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub mod dev;
@@ -11,6 +11,7 @@ use crawler_raft::{ClusterState, NodeConfig};
 
 use crate::server::compactor::{self, CompactionMode, RetentionError};
 use crate::server::member::{Limits, MemberConfig};
+use crate::util::url::{parse_dial_override, parse_url, parse_url_list, HttpUrl, UrlError, UrlList};
 
 /// `crawler`: a distributed web crawler with a built-in etcd-compatible store.
 #[derive(Debug, Parser)]
@@ -229,80 +230,6 @@ pub struct StoreArgs {
     pub peer_dial_overrides: Vec<(String, String)>,
 }
 
-/// A URL of the form `http://host:port`, as etcd accepts them for member and client URLs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `http` (TLS is not supported).
-    pub scheme: String,
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-}
-
-impl HttpUrl {
-    /// Resolve to one socket address (an IP host as is; a name through the resolver, IPv4 first).
-    pub fn socket_addr(&self) -> Result<SocketAddr, UrlError> {
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.port));
-        }
-        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| UrlError::Resolve(self.to_string(), e.to_string()))?
-            .collect();
-        addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or_else(|| addrs.first())
-            .copied()
-            .ok_or_else(|| UrlError::Resolve(self.to_string(), "no address".to_string()))
-    }
-}
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
-        } else {
-            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-        }
-    }
-}
-
-/// A comma-separated list of URLs (never empty once parsed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UrlList(pub Vec<HttpUrl>);
-
-impl UrlList {
-    /// The first URL (lists are never empty).
-    pub fn first(&self) -> Option<&HttpUrl> {
-        self.0.first()
-    }
-    /// The URLs as strings.
-    pub fn strings(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
-    }
-}
-
-/// A malformed URL or cluster flag.
-#[derive(Debug, thiserror::Error)]
-pub enum UrlError {
-    #[error("URL {0:?} must have the form http://host:port")]
-    Form(String),
-    #[error("URL {0:?}: unsupported scheme {1:?} (only http is supported)")]
-    Scheme(String, String),
-    #[error("URL {0:?} must not contain a path")]
-    Path(String),
-    #[error("URL {0:?} has an invalid port")]
-    Port(String),
-    #[error("URL {0:?}: empty host")]
-    Host(String),
-    #[error("no URL given")]
-    Empty,
-    #[error("cannot resolve {0}: {1}")]
-    Resolve(String, String),
-}
-
 /// Errors of the store command's configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -367,75 +294,6 @@ pub const STORE_AUTO_COMPACTION_RETENTION: &str = "0";
 /// crawler writes checkpoints many times a second for days, and its watchers reload after a
 /// compaction, so one minute of history is enough (kube-apiserver keeps 5m of far fewer writes).
 pub const EMBEDDED_AUTO_COMPACTION_RETENTION: &str = "1m";
-
-/// Parse one `http://host:port` URL strictly.
-pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
-    let s = s.trim();
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| UrlError::Form(s.into()))?;
-    if scheme != "http" {
-        return Err(UrlError::Scheme(s.into(), scheme.into()));
-    }
-    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
-        return Err(UrlError::Path(s.into()));
-    }
-    if rest.contains('@') {
-        return Err(UrlError::Form(s.into()));
-    }
-    let (host, port) = if let Some(after) = rest.strip_prefix('[') {
-        let (h, p) = after
-            .split_once(']')
-            .ok_or_else(|| UrlError::Form(s.into()))?;
-        h.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| UrlError::Host(s.into()))?;
-        let p = p
-            .strip_prefix(':')
-            .ok_or_else(|| UrlError::Form(s.into()))?;
-        (h, p)
-    } else {
-        let (h, p) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| UrlError::Form(s.into()))?;
-        // An unbracketed IPv6 address is ambiguous with the port separator.
-        if h.contains(':') {
-            return Err(UrlError::Host(s.into()));
-        }
-        (h, p)
-    };
-    if host.is_empty() {
-        return Err(UrlError::Host(s.into()));
-    }
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(UrlError::Port(s.into()));
-    }
-    let port: u16 = port.parse().map_err(|_| UrlError::Port(s.into()))?;
-    Ok(HttpUrl {
-        scheme: scheme.to_string(),
-        host: host.to_string(),
-        port,
-    })
-}
-
-/// Parse a comma-separated URL list (at least one URL).
-pub fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
-    let urls = s
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(parse_url)
-        .collect::<Result<Vec<_>, _>>()?;
-    if urls.is_empty() {
-        return Err(UrlError::Empty);
-    }
-    Ok(UrlList(urls))
-}
-
-/// Parse one `--peer-dial-override` value: `<advertised-url>=<dial-url>`, both `http://host:port`.
-pub fn parse_dial_override(s: &str) -> Result<(String, String), UrlError> {
-    let (from, to) = s.split_once('=').ok_or_else(|| UrlError::Form(s.into()))?;
-    Ok((parse_url(from)?.to_string(), parse_url(to)?.to_string()))
-}
 
 /// Parse the hidden `--auto-compaction-check-interval` (a positive Go duration).
 fn parse_check_interval(s: &str) -> Result<std::time::Duration, RetentionError> {
@@ -600,42 +458,6 @@ mod tests {
             Command::Store(s) => s,
             other => panic!("expected the store command, got {other:?}"),
         })
-    }
-
-    #[test]
-    fn urls_are_strict() {
-        assert_eq!(
-            parse_url("http://127.0.0.1:2379").expect("valid").port,
-            2379
-        );
-        assert_eq!(parse_url("http://[::1]:80").expect("ipv6").host, "::1");
-        assert_eq!(
-            parse_url("http://[::1]:80").expect("ipv6").to_string(),
-            "http://[::1]:80"
-        );
-        for bad in [
-            "127.0.0.1:2379",
-            "https://a:1",
-            "http://a",
-            "http://a:",
-            "http://:1",
-            "http://a:99999",
-            "http://a:1/x",
-            "http://a:1/",
-            "http://a:-1",
-            "http://u@a:1",
-            "http://::1:80",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad} should be rejected");
-        }
-        assert_eq!(
-            parse_url_list("http://a:1, http://b:2")
-                .expect("list")
-                .0
-                .len(),
-            2
-        );
-        assert!(parse_url_list(",").is_err());
     }
 
     #[test]

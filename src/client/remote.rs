@@ -109,24 +109,7 @@ enum Failure {
 }
 
 fn normalize_url(raw: &str) -> KvResult<String> {
-    let s = raw.trim().trim_end_matches('/');
-    if s.is_empty() {
-        return Err(KvError::InvalidArgument("empty endpoint".into()));
-    }
-    if s.starts_with("https://") {
-        return Err(KvError::InvalidArgument(format!(
-            "endpoint {s}: TLS endpoints are not supported"
-        )));
-    }
-    if s.starts_with("http://") {
-        Ok(s.to_string())
-    } else if s.contains("://") {
-        Err(KvError::InvalidArgument(format!(
-            "endpoint {s}: unsupported scheme"
-        )))
-    } else {
-        Ok(format!("http://{s}"))
-    }
+    crate::util::url::endpoint_url(raw).map_err(KvError::InvalidArgument)
 }
 
 impl RemoteKvClient {
@@ -734,20 +717,6 @@ async fn pump_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_normalize() {
-        assert_eq!(
-            normalize_url("127.0.0.1:2379").ok(),
-            Some("http://127.0.0.1:2379".to_string())
-        );
-        assert_eq!(
-            normalize_url(" http://h:1/ ").ok(),
-            Some("http://h:1".to_string())
-        );
-        assert!(normalize_url("https://h:1").is_err());
-        assert!(normalize_url("").is_err());
-    }
 
     #[test]
     fn statuses_map() {

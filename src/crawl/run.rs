@@ -178,7 +178,7 @@ impl Run {
                 };
                 return Err(End::AlreadyDone(format!(
                     "already finished at {} by {}: {} pages, {} items, {} errors; not run again",
-                    crate::worker::http::rfc3339(
+                    crate::util::time::rfc3339(
                         SystemTime::UNIX_EPOCH + Duration::from_millis(d.time_unix_ms)
                     ),
                     d.writer,

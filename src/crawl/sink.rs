@@ -54,7 +54,7 @@ impl Serialize for Item {
         m.serialize_entry("item", &self.kind)?;
         m.serialize_entry("url", &self.url)?;
         m.serialize_entry("fields", &OrderedFields(&self.fields))?;
-        m.serialize_entry("fetched_at", &crate::worker::http::rfc3339(self.fetched_at))?;
+        m.serialize_entry("fetched_at", &crate::util::time::rfc3339(self.fetched_at))?;
         m.end()
     }
 }

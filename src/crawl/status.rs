@@ -119,7 +119,7 @@ impl Status {
                 "seen": get(&self.seen),
                 "checkpoint_bytes": get(&self.checkpoint_bytes),
                 "resumed": self.resumed.load(Ordering::Relaxed),
-                "last_checkpoint": cp.as_ref().map(|c| crate::worker::http::rfc3339(c.at)),
+                "last_checkpoint": cp.as_ref().map(|c| crate::util::time::rfc3339(c.at)),
                 "last_checkpoint_pages": cp.map(|c| c.pages),
             }),
         }

@@ -365,7 +365,7 @@ impl Master {
             })?),
             _ => None,
         };
-        let advertised = config::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
+        let advertised = crate::util::url::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
         let value = election::master_value(cfg.id, &advertised);
         if cfg.campaign {
             check_id_free(&client, &cfg, &value).await?;

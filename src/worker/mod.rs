@@ -232,7 +232,7 @@ impl Entry {
             resource_id: self.resource.id.clone(),
             assigned_node: self.resource.assigned_node.clone(),
             creation_time: self.resource.creation_time,
-            started: http::rfc3339(self.started),
+            started: crate::util::time::rfc3339(self.started),
             started_unix_ms: ms,
             status,
             detail,
@@ -330,7 +330,7 @@ impl Worker {
         };
         let grpc_addr = local(&grpc_listener, "gRPC", opts.grpc_listen)?;
         let http_addr = local(&http_listener, "HTTP", opts.http_listen)?;
-        let advertise = config::advertise_address(grpc_addr, opts.advertise.as_deref());
+        let advertise = crate::util::url::advertise_address(grpc_addr, opts.advertise.as_deref());
         let node_id = opts.node_id();
 
         let shared = Arc::new(Shared {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::context::ApiContext;
 use super::error;
-use crate::cli::parse_url;
+use crate::util::url::parse_url;
 
 /// The Cluster service of one member.
 #[derive(Clone)]
