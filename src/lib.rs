@@ -5,7 +5,8 @@
 //! `tests/architecture.rs`):
 //! `util` → `server` (the etcd-compatible member) → `client` (the KV client) → `coord`
 //! (registry, election, snowflake) → `services` (etcd's Election and Lock on `coord`) →
-//! `model` → `crawl` → `worker`, `master` → `bench`, `cli`.
+//! `model` → `crawl` → `config` (the process's `crawler.toml`) → `worker`, `master` → `bench`,
+//! `cli`.
 
 pub mod bench;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod coord;
 pub mod crawl;
 pub mod master;
+pub mod model;
 pub mod server;
 pub mod services;
 pub mod util;

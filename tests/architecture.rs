@@ -22,8 +22,8 @@ const FLOORS: &[&[&str]] = &[
     &["coord"],
     &["services", "model"],
     &["crawl"],
-    &["worker", "master"],
     &["config"],
+    &["worker", "master"],
     &["bench"],
     &["cli"],
 ];
@@ -106,9 +106,10 @@ fn load(src: &Path) -> Vec<Module> {
 /// Paths named in `text`, as written: `crate::a::b`, `super::super::x`, `child::y`, with
 /// `use` groups (`crate::a::{b, c::d}`) expanded.
 fn named_paths(text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
-    let path_re =
-        Regex::new(r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)+)(::\{)?")
-            .expect("regex");
+    let path_re = Regex::new(
+        r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)+)(::\{)?",
+    )
+    .expect("regex");
     let mut out = Vec::new();
     for c in path_re.captures_iter(text) {
         let whole = c.get(0).expect("match");
@@ -317,8 +318,16 @@ fn describe_circles(crate_dir: &str) -> Vec<String> {
                 .map(|((a, b), w)| {
                     format!(
                         "{} → {} ({w})",
-                        all[*a].file.strip_prefix(root()).unwrap_or(&all[*a].file).display(),
-                        all[*b].file.strip_prefix(root()).unwrap_or(&all[*b].file).display()
+                        all[*a]
+                            .file
+                            .strip_prefix(root())
+                            .unwrap_or(&all[*a].file)
+                            .display(),
+                        all[*b]
+                            .file
+                            .strip_prefix(root())
+                            .unwrap_or(&all[*b].file)
+                            .display()
                     )
                 })
                 .collect();
@@ -351,18 +360,33 @@ fn no_module_imports_from_a_higher_floor() {
             }
         }
     }
-    assert!(unknown.is_empty(), "modules on no floor (add them to FLOORS): {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "modules on no floor (add them to FLOORS): {unknown:?}"
+    );
     for ((a, b), witness) in edges(&all) {
         let (fa, fb) = (&all[a].path[0], &all[b].path[0]);
         if floor_of(fb) > floor_of(fa) {
             upward.push(format!(
                 "{} ({fa}) → {} ({fb}) via {witness}",
-                all[a].file.strip_prefix(root()).unwrap_or(&all[a].file).display(),
-                all[b].file.strip_prefix(root()).unwrap_or(&all[b].file).display(),
+                all[a]
+                    .file
+                    .strip_prefix(root())
+                    .unwrap_or(&all[a].file)
+                    .display(),
+                all[b]
+                    .file
+                    .strip_prefix(root())
+                    .unwrap_or(&all[b].file)
+                    .display(),
             ));
         }
     }
-    assert!(upward.is_empty(), "imports from a higher floor:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports from a higher floor:\n{}",
+        upward.join("\n")
+    );
 }
 
 /// The checker itself finds a circle and an upward arrow where there is one.

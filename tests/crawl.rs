@@ -40,8 +40,10 @@ use crawler::crawl::checkpoint::{
 };
 use crawler::crawl::frontier::{Counters, Frontier};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
-use crawler::master::{Master, MasterConfig, Resource};
-use crawler::worker::{TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
+use crawler::master::{Master, MasterConfig};
+use crawler::model::resource::Resource;
+use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
+use crawler::worker::{Worker, WorkerOptions};
 use etcd_support::EtcdServer;
 use our_store::OurStore;
 use parking_lot::Mutex;

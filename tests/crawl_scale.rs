@@ -26,12 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler::client::{KvClient, KvClientExt};
-use crawler::config::{Config, TaskConfig};
+use crawler::config::Config;
 use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
 use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
-use crawler::master::{Master, MasterConfig, Resource, ResourceStore};
-use crawler::worker::{TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions};
+use crawler::master::{Master, MasterConfig, ResourceStore};
+use crawler::model::resource::Resource;
+use crawler::model::runner::{TaskRunner, TaskSpec, TaskState};
+use crawler::model::task::TaskConfig;
+use crawler::worker::{Worker, WorkerOptions};
 use our_store::OurStore;
 use worker_process::WorkerProcess;
 
@@ -109,7 +112,7 @@ fn options(dir: &Path) -> CrawlOptions {
     o
 }
 
-async fn finished(h: &dyn crawler::worker::TaskHandle) {
+async fn finished(h: &dyn crawler::model::runner::TaskHandle) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = h.report();

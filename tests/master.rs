@@ -17,7 +17,8 @@ use std::time::Duration;
 use crawler::client::{KvClientExt, RangeRequest};
 use crawler::coord::election::Election;
 use crawler::coord::snowflake::SnowflakeId;
-use crawler::master::{Resource, ResourceStore, WriteError};
+use crawler::master::{ResourceStore, WriteError};
+use crawler::model::resource::Resource;
 use crawler_proto::crawler::{Empty, ResourceSpec};
 use master_env::{
     eventually, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,

@@ -28,10 +28,9 @@ use crawler::client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient, KvClientExt, PutRequest,
     RangeRequest, RemoteConfig, RemoteKvClient, RequestOp, TxnRequest, WatchSpec,
 };
-use crawler::config::TaskConfig;
-use crawler::worker::{
-    LoggingRunner, TaskHandle, TaskRunner, TaskSpec, TaskState, Worker, WorkerOptions,
-};
+use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
+use crawler::model::task::TaskConfig;
+use crawler::worker::{LoggingRunner, Worker, WorkerOptions};
 use etcd_support::{EtcdServer, TcpProxy};
 use our_store::OurStore;
 use parking_lot::Mutex;
@@ -87,8 +86,10 @@ impl TaskRunner for RecordingRunner {
     fn start(
         &self,
         spec: TaskSpec,
-    ) -> crawler::client::BoxFuture<'_, Result<Box<dyn TaskHandle>, crawler::worker::RunnerError>>
-    {
+    ) -> crawler::client::BoxFuture<
+        '_,
+        Result<Box<dyn TaskHandle>, crawler::model::runner::RunnerError>,
+    > {
         let id = spec.resource.id.clone();
         if self.running_ids().contains(&id) {
             self.double_starts.lock().push(id.clone());

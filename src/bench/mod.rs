@@ -247,7 +247,6 @@ impl Ctx {
     }
 }
 
-
 async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {

@@ -98,7 +98,7 @@ fn worker_service(cfg: &Config) -> String {
     cfg.grpc_server
         .name
         .clone()
-        .unwrap_or_else(|| config::WORKER_SERVICE.to_string())
+        .unwrap_or_else(|| crate::model::resource::WORKER_SERVICE.to_string())
 }
 
 /// `MasterConfig` from a resolved `[MasterServer]` and the config's tasks (the seeds).

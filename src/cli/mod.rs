@@ -11,7 +11,9 @@ use crawler_raft::{ClusterState, NodeConfig};
 
 use crate::server::compactor::{self, CompactionMode, RetentionError};
 use crate::server::member::{Limits, MemberConfig};
-use crate::util::url::{parse_dial_override, parse_url, parse_url_list, HttpUrl, UrlError, UrlList};
+use crate::util::url::{
+    parse_dial_override, parse_url, parse_url_list, HttpUrl, UrlError, UrlList,
+};
 
 /// `crawler`: a distributed web crawler with a built-in etcd-compatible store.
 #[derive(Debug, Parser)]

@@ -33,7 +33,7 @@ use crate::client::{
     prefix_range_end, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvClient,
     KvClientExt, KvError, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use crate::master::{task_prefix, Resource};
+use crate::model::resource::{task_prefix, Resource};
 
 /// Largest base chunk.
 pub const CHUNK_BYTES: usize = 256 * 1024;

@@ -149,7 +149,7 @@ pub async fn bind() -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
 
 /// Point tasks whose URLs use the demo site's default address at `actual` instead (when the
 /// default port was taken). Returns how many URLs changed.
-pub fn retarget(tasks: &mut [crate::config::TaskConfig], actual: SocketAddr) -> usize {
+pub fn retarget(tasks: &mut [crate::model::task::TaskConfig], actual: SocketAddr) -> usize {
     let from = format!("http://{DEFAULT_ADDR}/");
     let to = format!("http://{actual}/");
     if from == to {

@@ -9,7 +9,7 @@ use encoding_rs::Encoding;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ACCEPT_LANGUAGE, CONTENT_TYPE, COOKIE};
 use url::Url;
 
-use crate::config::{FetcherKind, TaskConfig};
+use crate::model::task::{FetcherKind, TaskConfig};
 
 /// Largest page body read; longer bodies are an error (a crawler must not buffer a video).
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;

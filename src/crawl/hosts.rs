@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::limiter::Limiter;
-use crate::config::LimitConfig;
+use crate::model::task::LimitConfig;
 
 /// Hosts idle for this long are forgotten (their state is rebuilt on the next request).
 const IDLE_FORGET: Duration = Duration::from_secs(300);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::LimitConfig;
+use crate::model::task::LimitConfig;
 
 /// One bucket.
 #[derive(Clone, Debug)]

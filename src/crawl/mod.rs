@@ -17,6 +17,7 @@ mod run;
 pub mod sink;
 pub mod status;
 pub mod synthetic_site;
+pub mod validate;
 mod visit;
 
 use std::path::PathBuf;
@@ -29,9 +30,9 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::client::{BoxFuture, KvClient};
-use crate::config::TaskConfig;
-use crate::master::RESOURCE_PREFIX;
-use crate::worker::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
+use crate::model::resource::RESOURCE_PREFIX;
+use crate::model::runner::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
+use crate::model::task::TaskConfig;
 
 use checkpoint::{CheckpointStore, Checkpointer};
 use fetch::Fetcher;

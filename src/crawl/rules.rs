@@ -8,7 +8,7 @@ use regex::Regex;
 use scraper::{ElementRef, Html, Selector};
 use url::Url;
 
-use crate::config::{FieldConfig, FollowConfig, ItemConfig, RuleConfig, TaskConfig};
+use crate::model::task::{FieldConfig, FollowConfig, ItemConfig, RuleConfig, TaskConfig};
 
 /// A rule that could not be compiled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -33,8 +33,8 @@ use super::host_allowed;
 use super::sink::Sink;
 use super::status::Status;
 use super::visit::{Outcome, Visitor};
-use crate::master::Resource;
-use crate::worker::TaskState;
+use crate::model::resource::Resource;
+use crate::model::runner::TaskState;
 
 /// Pause between attempts to reach the store.
 const STORE_RETRY: Duration = Duration::from_millis(500);

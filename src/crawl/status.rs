@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::worker::{TaskReport, TaskState};
+use crate::model::runner::{TaskReport, TaskState};
 
 /// The last checkpoint written.
 #[derive(Clone, Debug, PartialEq, Eq)]

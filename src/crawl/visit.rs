@@ -19,7 +19,7 @@ use super::robots::{self, AgentRules, Robots};
 use super::rules::Rules;
 use super::sink::Item;
 use super::status::Status;
-use crate::config::TaskConfig;
+use crate::model::task::TaskConfig;
 
 /// What happened to one request.
 pub(crate) enum Outcome {

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::resources::Resource;
 use crate::coord::registry::Node;
+use crate::model::resource::Resource;
 
 /// Resources per live worker, counted from stored resources.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl Load {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::resources::format_assigned;
+    use crate::model::resource::format_assigned;
 
     fn workers(ids: &[&str]) -> BTreeMap<String, Node> {
         ids.iter()

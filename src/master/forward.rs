@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use super::ops::{AddOutcome, ApiError};
-use super::resources::Resource;
 use crate::coord::registry::Node;
+use crate::model::resource::Resource;
 
 /// Metadata key marking a call forwarded by another master.
 pub const FORWARDED: &str = "x-crawler-forwarded";

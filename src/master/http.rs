@@ -33,9 +33,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::ops::ApiError;
-use super::resources::Resource;
 use super::Inner;
 use crate::coord::registry::Node;
+use crate::model::resource::Resource;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

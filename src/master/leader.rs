@@ -15,11 +15,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::assign::Load;
-use super::resources::{format_assigned, Fence, Resource, StoredResource, WriteError};
+use super::resources::{Fence, StoredResource, WriteError};
 use super::{Inner, Term};
 use crate::client::KvError;
 use crate::coord::election::{ElectionError, Leadership, Session};
 use crate::coord::registry::RegistryError;
+use crate::model::resource::{format_assigned, Resource};
 
 /// Pause before retrying after a store failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);

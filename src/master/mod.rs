@@ -34,10 +34,10 @@ use crate::coord::registry::{self, Registry};
 use crate::coord::snowflake::{Snowflake, SnowflakeError};
 
 pub use ops::{AddOutcome, ApiError, LeaderView};
-pub use resources::{
-    task_prefix, Fence, Resource, ResourceStore, WriteError, RESOURCE_PREFIX, TASKS_PREFIX,
-};
-pub use workers::{WorkerDiff, WorkerSet, WORKER_SERVICE};
+pub use resources::{Fence, ResourceStore, WriteError};
+pub use workers::{WorkerDiff, WorkerSet};
+
+use crate::model::resource::WORKER_SERVICE;
 
 /// How long `shutdown` waits for the servers and the resignation.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -99,7 +99,7 @@ impl MasterConfig {
     /// the seeds.
     pub fn from_settings(
         s: &config::ServerSettings,
-        tasks: &[config::TaskConfig],
+        tasks: &[crate::model::task::TaskConfig],
     ) -> Result<Self, MasterError> {
         let id = s
             .numeric_id()
@@ -365,7 +365,8 @@ impl Master {
             })?),
             _ => None,
         };
-        let advertised = crate::util::url::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
+        let advertised =
+            crate::util::url::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
         let value = election::master_value(cfg.id, &advertised);
         if cfg.campaign {
             check_id_free(&client, &cfg, &value).await?;

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::assign::Load;
-use super::resources::{format_assigned, validate_name, Resource, WriteError};
+use super::resources::{validate_name, WriteError};
 use super::{Inner, Term};
 use crate::client::KvError;
 use crate::coord::registry::Node;
+use crate::model::resource::{format_assigned, Resource};
 
 /// How long a write waits for a leader that has won but is not ready yet.
 const READY_WAIT: Duration = Duration::from_secs(5);

@@ -18,73 +18,12 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::client::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, KvClient, KvClientExt,
     KvError, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
 };
 use crate::coord::election::Leadership;
-
-/// Prefix of every resource key.
-pub const RESOURCE_PREFIX: &str = "/resources/";
-/// Root of the per-task key spaces that workers keep (checkpoints, done marks); a deleted
-/// resource's is deleted with it.
-pub const TASKS_PREFIX: &str = "/crawler/tasks/";
-
-/// The key space of the task run for resource `name`: `/crawler/tasks/<name>/`.
-pub fn task_prefix(name: &str) -> String {
-    format!("{TASKS_PREFIX}{name}/")
-}
-
-/// One resource as stored (field names and order are the Go original's).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resource {
-    /// Snowflake ID as a decimal string; kept for the resource's whole life.
-    #[serde(rename = "ID", default)]
-    pub id: String,
-    /// Name; also the last segment of the key.
-    #[serde(rename = "Name", default)]
-    pub name: String,
-    /// `<node id>|<address>` of the worker running it; empty while unassigned.
-    #[serde(rename = "AssignedNode", default)]
-    pub assigned_node: String,
-    /// Unix nanoseconds when it was first stored; kept on reassignment.
-    #[serde(rename = "CreationTime", default)]
-    pub creation_time: i64,
-}
-
-impl Resource {
-    /// The JSON stored in the value.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain strings and integers cannot fail; fall back to an empty object anyway.
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
-    }
-
-    /// Decode a stored value.
-    pub fn decode(value: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(value)
-    }
-
-    /// The assigned worker's node id (before the `|`), or `None` while unassigned.
-    pub fn assigned_id(&self) -> Option<&str> {
-        split_assigned(&self.assigned_node).map(|(id, _)| id)
-    }
-}
-
-/// Split `<node id>|<address>`; `None` for an empty or id-less value.
-pub fn split_assigned(assigned: &str) -> Option<(&str, &str)> {
-    let (id, addr) = match assigned.split_once('|') {
-        Some((id, addr)) => (id, addr),
-        None => (assigned, ""),
-    };
-    (!id.is_empty()).then_some((id, addr))
-}
-
-/// The `AssignedNode` value for a worker.
-pub fn format_assigned(node_id: &str, address: &str) -> String {
-    format!("{node_id}|{address}")
-}
+use crate::model::resource::{task_prefix, Resource, RESOURCE_PREFIX};
 
 /// The key of a resource: `/resources/<name>`.
 pub fn resource_key(name: &str) -> String {
@@ -393,32 +332,6 @@ impl Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_is_the_go_shape() {
-        let r = Resource {
-            id: "1602250527540776960".into(),
-            name: "douban_book_list".into(),
-            assigned_node: "go.micro.server.worker-2|192.168.0.107:9089".into(),
-            creation_time: 1670841268798763000,
-        };
-        let json = String::from_utf8(r.encode()).unwrap();
-        assert_eq!(
-            json,
-            r#"{"ID":"1602250527540776960","Name":"douban_book_list","AssignedNode":"go.micro.server.worker-2|192.168.0.107:9089","CreationTime":1670841268798763000}"#
-        );
-        assert_eq!(Resource::decode(json.as_bytes()).unwrap(), r);
-        assert_eq!(r.assigned_id(), Some("go.micro.server.worker-2"));
-    }
-
-    #[test]
-    fn assigned_parsing() {
-        assert_eq!(split_assigned(""), None);
-        assert_eq!(split_assigned("|x"), None);
-        assert_eq!(split_assigned("w-1|a:1"), Some(("w-1", "a:1")));
-        assert_eq!(split_assigned("w-1"), Some(("w-1", "")));
-        assert_eq!(format_assigned("w-1", "a:1"), "w-1|a:1");
-    }
 
     #[test]
     fn names() {

@@ -15,9 +15,6 @@ use tokio::sync::watch;
 
 use crate::coord::registry::{Action, Node, Registry, RegistryError, RegistryEvent};
 
-/// go-micro service name the workers register under.
-pub const WORKER_SERVICE: &str = "go.micro.server.worker";
-
 /// Pause before listing and watching again after the registry watch failed.
 const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 

@@ -77,7 +77,6 @@ pub enum UrlError {
     Resolve(String, String),
 }
 
-
 /// Parse one `http://host:port` URL strictly.
 pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
     let s = s.trim();
@@ -307,8 +306,14 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(endpoint_url("127.0.0.1:2379").ok(), Some("http://127.0.0.1:2379".into()));
-        assert_eq!(endpoint_url(" http://h:1/ ").ok(), Some("http://h:1".into()));
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379").ok(),
+            Some("http://127.0.0.1:2379".into())
+        );
+        assert_eq!(
+            endpoint_url(" http://h:1/ ").ok(),
+            Some("http://h:1".into())
+        );
         assert!(endpoint_url("https://h:1").is_err());
         assert!(endpoint_url("ftp://h:1").is_err());
         assert!(endpoint_url("").is_err());

@@ -38,24 +38,22 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use runner::{
-    is_assigned_to, LoggedRun, LoggingRunner, Resource, RunnerError, TaskHandle, TaskReport,
-    TaskRunner, TaskSpec, TaskState,
-};
+pub use runner::{LoggedRun, LoggingRunner};
 
 use crate::client::{
     prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
     TxnRequest, WatchSpec,
 };
-use crate::config::{self, ServerSettings, TaskConfig};
+use crate::config::{self, ServerSettings};
 use crate::coord::registry::{
     Node, RegisterOptions, Registration, Registry, RegistryError, Service,
 };
+use crate::model::resource::{is_assigned_to, Resource, RESOURCE_PREFIX, WORKER_SERVICE};
+use crate::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
+use crate::model::task::TaskConfig;
 use assignments::Assigner;
 use registration::{guard_registration, RegState};
 
-/// Key prefix of resources (the master's).
-pub use crate::master::RESOURCE_PREFIX;
 /// Name of the worker in its gRPC health service.
 pub const HEALTH_SERVICE: &str = "crawler.Worker";
 /// How long a stop lets open HTTP/gRPC connections finish.
@@ -113,7 +111,7 @@ impl WorkerOptions {
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             id: id.into(),
-            service: config::WORKER_SERVICE.to_string(),
+            service: WORKER_SERVICE.to_string(),
             http_listen: any,
             grpc_listen: any,
             advertise: None,

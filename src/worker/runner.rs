@@ -7,75 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::client::BoxFuture;
-use crate::config::TaskConfig;
-
-/// A resource as the master stores it at `/resources/<name>` (the seed's JSON shape).
-pub use crate::master::Resource;
-
-/// True when `r` is assigned to the worker node `node_id`: its `AssignedNode` starts with
-/// `<node_id>|` (so `worker-2` never matches `worker-20|...`).
-pub fn is_assigned_to(r: &Resource, node_id: &str) -> bool {
-    r.assigned_node
-        .strip_prefix(node_id)
-        .is_some_and(|rest| rest.starts_with('|'))
-}
-
-/// What a runner is asked to run: the assigned resource and the task of that name.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TaskSpec {
-    /// The resource as stored by the master.
-    pub resource: Resource,
-    /// The task configuration of `resource.name`.
-    pub task: TaskConfig,
-}
-
-/// Life-cycle state of a task run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    /// Running.
-    Running,
-    /// Ended by itself with success (nothing left to do).
-    Finished,
-    /// Could not start, or ended with an error.
-    Failed,
-}
-
-/// A point-in-time report of one run, as `GET /tasks` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskReport {
-    /// State of the run.
-    pub state: TaskState,
-    /// Human-readable detail (the error of a failed run, what a runner does).
-    pub detail: Option<String>,
-    /// Runner-specific counters (pages, items, errors, frontier, last checkpoint...).
-    pub stats: serde_json::Value,
-}
-
-/// A started run. The worker asks for reports at any time and stops the run when the resource
-/// is deleted or moves away.
-pub trait TaskHandle: Send + Sync {
-    /// The run's current state; cheap and non-blocking (called under the worker's table lock).
-    fn report(&self) -> TaskReport;
-    /// Stop the run promptly and cleanly; resolves once it has stopped.
-    fn stop(self: Box<Self>) -> BoxFuture<'static, ()>;
-}
-
-/// Why a run could not start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RunnerError(pub String);
-
-/// Starts task runs. Implemented by the crawl engine; [`LoggingRunner`] until then.
-pub trait TaskRunner: Send + Sync + 'static {
-    /// Start running `spec`; resolves once the run has started (not when it ends).
-    fn start(&self, spec: TaskSpec) -> BoxFuture<'_, Result<Box<dyn TaskHandle>, RunnerError>>;
-}
+use crate::model::runner::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
 
 /// One run as the [`LoggingRunner`] tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,21 +144,8 @@ impl TaskRunner for LoggingRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resource_json_is_the_seeds() {
-        let json = r#"{"ID":"1602250527540776960","Name":"douban_book_list","AssignedNode":"go.micro.server.worker-2|192.168.0.107:9089","CreationTime":1670841268798763000}"#;
-        let r: Resource = serde_json::from_str(json).expect("decode");
-        assert!(is_assigned_to(&r, "go.micro.server.worker-2"));
-        assert!(!is_assigned_to(&r, "go.micro.server.worker-20"));
-        assert!(!is_assigned_to(&r, "go.micro.server.worker"));
-        assert_eq!(serde_json::to_string(&r).expect("encode"), json);
-        let unassigned = Resource {
-            name: "x".into(),
-            ..Resource::default()
-        };
-        assert!(!is_assigned_to(&unassigned, "x"));
-    }
+    use crate::model::resource::Resource;
+    use crate::model::task::TaskConfig;
 
     #[tokio::test]
     async fn logging_runner_tracks_runs() {
