@@ -107,7 +107,7 @@ fn load(src: &Path) -> Vec<Module> {
 /// `use` groups (`crate::a::{b, c::d}`) expanded.
 fn named_paths(text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
     let path_re = Regex::new(
-        r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)+)(::\{)?",
+        r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)*)(::\{)?",
     )
     .expect("regex");
     let mut out = Vec::new();
@@ -117,6 +117,9 @@ fn named_paths(text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
             continue; // the tail of a longer path, already taken whole
         }
         let segs: Vec<String> = c[1].split("::").map(str::to_string).collect();
+        if segs.len() == 1 && c.get(2).is_none() {
+            continue; // a lone word (`self`, `super`, a local name), not a path
+        }
         let head = segs[0].as_str();
         let ours = head == "crate" || head == "super" || head == "self" || children.contains(head);
         if !ours {

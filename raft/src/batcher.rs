@@ -14,8 +14,7 @@ use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::node::write_err_to_wire;
-use crate::wire::WireError;
+use crate::wire::{write_err_to_wire, WireError};
 use crate::TypeConfig;
 
 /// Most commands in one proposal.

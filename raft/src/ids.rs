@@ -3,6 +3,11 @@
 
 use crate::NodeId;
 
+/// A peer URL in the one form ids and membership checks compare.
+pub(crate) fn normalize_url(u: &str) -> String {
+    u.trim().trim_end_matches('/').to_string()
+}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crawler_storage::Command;
 use openraft::ChangeMembers;
 
-use crate::node::{normalize_url, write_err_to_wire, Inner};
-use crate::wire::{AdminOk, AdminOp, WireError, WireMember};
+use crate::ids::normalize_url;
+use crate::node::Inner;
+use crate::wire::{write_err_to_wire, AdminOk, AdminOp, WireError, WireMember};
 use crate::{ids, NodeId, PeerNode};
 
 /// A learner whose matched index is below this share of the leader's log is not ready to vote

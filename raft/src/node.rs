@@ -9,23 +9,22 @@ use std::time::{Duration, Instant};
 use crawler_storage::{
     ApplyObserver, ApplyResponse, Command, LogStore, MemberAttrs, StateMachine, StoreReader,
 };
-use openraft::error::{ClientWriteError, Fatal, InitializeError};
+use openraft::error::InitializeError;
 use openraft::{Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::batcher::Batcher;
+use crate::ids::normalize_url;
 use crate::network::{CallError, PeerClients, PeerNetwork, Rpc};
 use crate::read_index::{Coalescer, ReadIndex};
+use crate::server::PeerHandler;
 use crate::wire::{
-    decode, encode, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply,
+    decode, encode, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply, OrRaftError,
     ReadIndexRequest, WireError, WireMember,
 };
 use crate::{ids, meta, ClusterState, MemberInfo, NodeConfig, NodeId, PeerNode, RaftError};
 use crate::{RaftStatus, TypeConfig};
-
-/// openraft's error type for its API calls.
-pub(crate) type OrRaftError<E = std::convert::Infallible> = openraft::error::RaftError<NodeId, E>;
 
 /// The retry loop shared by every leader-side operation: wait for a leader, try `$attempt`, and
 /// retry what is safe to retry until `$deadline`. A macro rather than an async fn taking a
@@ -107,33 +106,6 @@ pub(crate) enum LeaderOk {
     Write(ApplyResponse),
     ReadIndex(u64),
     Admin(AdminOk),
-}
-
-pub(crate) fn normalize_url(u: &str) -> String {
-    u.trim().trim_end_matches('/').to_string()
-}
-
-pub(crate) fn fatal_to_wire(f: Fatal<NodeId>) -> WireError {
-    match f {
-        Fatal::Stopped => WireError::Stopped,
-        other => WireError::Other(format!("raft failed: {other}")),
-    }
-}
-
-pub(crate) fn write_err_to_wire(e: OrRaftError<ClientWriteError<NodeId, PeerNode>>) -> WireError {
-    use openraft::error::ChangeMembershipError;
-    match e {
-        OrRaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            WireError::NotLeader(f.leader_id)
-        }
-        OrRaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(_),
-        )) => WireError::InProgress,
-        OrRaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            WireError::Other(c.to_string())
-        }
-        OrRaftError::Fatal(f) => fatal_to_wire(f),
-    }
 }
 
 /// The openraft config derived from the member's flags.
@@ -560,6 +532,42 @@ async fn publish_loop(inner: Arc<Inner>) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {},
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// The peer service serves this member; the inherent methods do the work.
+#[tonic::async_trait]
+impl PeerHandler for Inner {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Inner::request_timeout(self)
+    }
+
+    async fn write_on_leader(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<ApplyResponse, WireError> {
+        Inner::write_on_leader(self, cmd, timeout).await
+    }
+
+    async fn read_index_on_leader(&self, timeout: Duration) -> Result<u64, WireError> {
+        Inner::read_index_on_leader(self, timeout).await
+    }
+
+    async fn admin_on_leader(&self, op: AdminOp, timeout: Duration) -> Result<AdminOk, WireError> {
+        Inner::admin_on_leader(self, op, timeout).await
+    }
+
+    fn members_reply(&self) -> MembersReply {
+        Inner::members_reply(self)
     }
 }
 

@@ -18,8 +18,7 @@ use openraft::Raft;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::node::fatal_to_wire;
-use crate::wire::WireError;
+use crate::wire::{fatal_to_wire, WireError};
 use crate::TypeConfig;
 
 struct State<T> {

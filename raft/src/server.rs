@@ -13,16 +13,43 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crawler_storage::{ApplyResponse, Command};
+use openraft::Raft;
+
 use crate::network::MAX_PEER_MESSAGE;
-use crate::node::Inner;
 use crate::wire::{
-    decode, encode, Addressed, AdminRequest, ForwardWriteRequest, ReadIndexRequest, WireError,
+    decode, encode, Addressed, AdminOk, AdminOp, AdminRequest, ForwardWriteRequest, MembersReply,
+    ReadIndexRequest, WireError,
 };
 use crate::{NodeId, TypeConfig};
 
+/// What the peer service needs from the member it serves; declared here so the server does not
+/// import the member that starts it.
+#[tonic::async_trait]
+pub(crate) trait PeerHandler: Send + Sync + 'static {
+    /// This member's id.
+    fn id(&self) -> NodeId;
+    /// The raft instance that takes append-entries, votes and snapshots.
+    fn raft(&self) -> &Raft<TypeConfig>;
+    /// The cap on a forwarded request's time budget.
+    fn request_timeout(&self) -> Duration;
+    /// A write forwarded by a follower; this member must be the leader.
+    async fn write_on_leader(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<ApplyResponse, WireError>;
+    /// A read index asked for by a follower.
+    async fn read_index_on_leader(&self, timeout: Duration) -> Result<u64, WireError>;
+    /// A membership change forwarded by a follower.
+    async fn admin_on_leader(&self, op: AdminOp, timeout: Duration) -> Result<AdminOk, WireError>;
+    /// This member's view of the cluster.
+    fn members_reply(&self) -> MembersReply;
+}
+
 /// The peer service of one member.
-pub(crate) struct PeerService {
-    pub(crate) node: Arc<Inner>,
+struct PeerService<H> {
+    node: Arc<H>,
 }
 
 fn bad_request(e: String) -> Status {
@@ -34,14 +61,15 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data }))
 }
 
-impl PeerService {
+impl<H: PeerHandler> PeerService<H> {
     fn open<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
         let msg: Addressed<T> = decode(&req.into_inner().data).map_err(bad_request)?;
-        if msg.target != self.node.id {
+        if msg.target != self.node.id() {
             // Another member now answers at the address the sender has for `target`.
             return Err(Status::failed_precondition(format!(
                 "this is member {:x}, not {:x}",
-                self.node.id, msg.target
+                self.node.id(),
+                msg.target
             )));
         }
         Ok(msg.body)
@@ -54,19 +82,19 @@ impl PeerService {
 }
 
 #[tonic::async_trait]
-impl RaftPeer for PeerService {
+impl<H: PeerHandler> RaftPeer for PeerService<H> {
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        let res = self.node.raft.append_entries(req).await;
+        let res = self.node.raft().append_entries(req).await;
         reply(&res)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req: VoteRequest<NodeId> = self.open(request)?;
-        let res = self.node.raft.vote(req).await;
+        let res = self.node.raft().vote(req).await;
         reply(&res)
     }
 
@@ -75,7 +103,7 @@ impl RaftPeer for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let req: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
-        let res = self.node.raft.install_snapshot(req).await;
+        let res = self.node.raft().install_snapshot(req).await;
         reply(&res)
     }
 
@@ -115,8 +143,8 @@ impl RaftPeer for PeerService {
 }
 
 /// Serve the peer service on `listener` until `shutdown` turns true.
-pub(crate) fn spawn(
-    node: Arc<Inner>,
+pub(crate) fn spawn<H: PeerHandler>(
+    node: Arc<H>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {

@@ -4,8 +4,37 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crawler_storage::Command;
+use openraft::error::{ClientWriteError, Fatal};
 
-use crate::{MemberInfo, NodeId, RaftError};
+use crate::{MemberInfo, NodeId, PeerNode, RaftError};
+
+/// openraft's error type for its API calls.
+pub(crate) type OrRaftError<E = std::convert::Infallible> = openraft::error::RaftError<NodeId, E>;
+
+/// A fatal raft error as the peer protocol carries it.
+pub(crate) fn fatal_to_wire(f: Fatal<NodeId>) -> WireError {
+    match f {
+        Fatal::Stopped => WireError::Stopped,
+        other => WireError::Other(format!("raft failed: {other}")),
+    }
+}
+
+/// A failed `client_write` as the peer protocol carries it.
+pub(crate) fn write_err_to_wire(e: OrRaftError<ClientWriteError<NodeId, PeerNode>>) -> WireError {
+    use openraft::error::ChangeMembershipError;
+    match e {
+        OrRaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            WireError::NotLeader(f.leader_id)
+        }
+        OrRaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => WireError::InProgress,
+        OrRaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            WireError::Other(c.to_string())
+        }
+        OrRaftError::Fatal(f) => fatal_to_wire(f),
+    }
+}
 
 /// Encode a value the way every peer payload is encoded.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
