@@ -104,10 +104,10 @@ fn load(src: &Path) -> Vec<Module> {
 }
 
 /// Paths named in `text`, as written: `crate::a::b`, `super::super::x`, `child::y`, with
-/// `use` groups (`crate::a::{b, c::d}`) expanded.
+/// `use` groups (`crate::a::{b, c::d}`) expanded and a glob (`super::*`) naming its module.
 fn named_paths(text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
     let path_re = Regex::new(
-        r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)*)(::\{)?",
+        r"(?:\b|::)((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)*)(::\{|::\*)?",
     )
     .expect("regex");
     let mut out = Vec::new();
@@ -125,7 +125,9 @@ fn named_paths(text: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
         if !ours {
             continue;
         }
-        if c.get(2).is_some() {
+        if c.get(2).is_some_and(|g| g.as_str() == "::*") {
+            out.push(segs); // a glob names the module itself
+        } else if c.get(2).is_some() {
             // A use group: expand each member (one level of nesting is all this code uses).
             let start = whole.end();
             let mut depth = 1;
@@ -415,4 +417,30 @@ fn checker_sees_circles_and_resolves_reexports() {
     assert_eq!(c.len(), 1, "{c:?} from {e:?}");
     let set: BTreeSet<usize> = c[0].iter().copied().collect();
     assert_eq!(set, BTreeSet::from([2, 3]));
+}
+
+/// A group straight under `super`/`crate` and a glob are edges too (both once slipped through).
+#[test]
+fn checker_sees_bare_groups_and_globs() {
+    let m = |path: &[&str], text: &str, children: &[&str]| Module {
+        file: PathBuf::from(path.join("/")),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        text: code_of(text),
+        children: children.iter().map(|s| s.to_string()).collect(),
+    };
+    let all = vec![
+        m(&[], "pub mod p;", &["p"]),
+        m(
+            &["p"],
+            "mod c; mod d; pub struct S; fn f() { c::g(); d::h(); }",
+            &["c", "d"],
+        ),
+        m(&["p", "c"], "use super::{S, d};", &[]),
+        m(&["p", "d"], "use super::*;", &[]),
+    ];
+    let e = edges(&all);
+    assert!(e.contains_key(&(2, 1)), "group under super: {e:?}");
+    assert!(e.contains_key(&(3, 1)), "glob: {e:?}");
+    let lone = named_paths("fn f(&self) { let x = self; }", &BTreeSet::new());
+    assert!(lone.is_empty(), "{lone:?}");
 }

@@ -12,8 +12,9 @@ use crawler_proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::{join_all, status_text, with_timeout, BenchError, Consistency, Ctx, KeyArgs};
-use super::{Recorder, Report};
+use super::args::{Consistency, KeyArgs};
+use super::ctx::{join_all, status_text, with_timeout, BenchError, Ctx};
+use super::stats::{Recorder, Report};
 
 /// Key `n` as a zero-padded decimal number of exactly `size` bytes.
 pub(crate) fn key_bytes(n: u64, size: usize) -> Vec<u8> {

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::REQUEST_TIMEOUT;
-use super::{join_all, status_text, with_timeout, BenchError, Ctx, Recorder, Report};
+use super::ctx::{join_all, status_text, with_timeout, BenchError, Ctx, REQUEST_TIMEOUT};
+use super::stats::{Recorder, Report};
 
 /// An open keep-alive stream: requests go into `tx`, responses come from `rx`.
 struct KeepAliveStream {

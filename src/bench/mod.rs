@@ -6,267 +6,21 @@
 //! `--total` ops were started or `--duration` passed. It talks through the generated etcd gRPC
 //! clients directly, so it measures the server and not our client abstraction.
 
+mod args;
+mod ctx;
 mod kv;
 mod lease;
 pub mod stats;
 mod watch;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tonic::transport::{Channel, Endpoint};
-
+pub use args::{parse_duration, BenchArgs, Consistency, KeyArgs, Workload};
+pub use ctx::BenchError;
 pub use stats::{Recorder, Report, RunSetup};
 
-/// Per-request deadline: a request slower than this counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for each connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `crawler bench [OPTIONS] <WORKLOAD>`: measure a store speaking etcd's v3 API.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "bench")]
-pub struct BenchArgs {
-    /// Comma-separated client endpoints (`host:port` or `http://host:port`).
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    pub endpoints: Vec<String>,
-    /// Number of gRPC connections (spread round-robin over the endpoints).
-    #[arg(long, global = true, default_value_t = 1)]
-    pub conns: usize,
-    /// Number of concurrent clients (spread round-robin over the connections).
-    #[arg(long, global = true, default_value_t = 1)]
-    pub clients: usize,
-    /// Stop after this many ops (watch-latency: puts). Default 10000 unless --duration is given.
-    #[arg(long, global = true, conflicts_with = "duration")]
-    pub total: Option<u64>,
-    /// Stop after this long: seconds, or with a unit suffix (`500ms`, `10s`, `2m`).
-    #[arg(long, global = true, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// What to measure.
-    #[command(subcommand)]
-    pub workload: Workload,
-}
-
-/// Key and value shape shared by the KV workloads.
-#[derive(Clone, Debug, Args)]
-pub struct KeyArgs {
-    /// Key size in bytes (keys are zero-padded decimal numbers).
-    #[arg(long, default_value_t = 8)]
-    pub key_size: usize,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 256)]
-    pub val_size: usize,
-    /// Number of distinct keys.
-    #[arg(long, default_value_t = 100_000)]
-    pub key_space: u64,
-}
-
-/// Read consistency of the range workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Consistency {
-    /// Linearizable (read index through the leader).
-    L,
-    /// Serializable (local read on the member).
-    S,
-}
-
-/// The workloads.
-#[derive(Clone, Debug, Subcommand)]
-pub enum Workload {
-    /// Put random (or sequential) keys.
-    Put {
-        /// Key/value shape.
-        #[command(flatten)]
-        keys: KeyArgs,
-        /// Write keys 0, 1, 2, ... (wrapping at --key-space) instead of random keys.
-        #[arg(long)]
-        sequential_keys: bool,
-    },
-    /// Get one random key per op.
-    Range {
-        /// Key/value shape (--key-space keys are read).
-        #[command(flatten)]
-        keys: KeyArgs,
-        /// `l` linearizable or `s` serializable.
-        #[arg(long, value_enum, default_value = "l")]
-        consistency: Consistency,
-        /// Put every key of --key-space before measuring (not measured).
-        #[arg(long)]
-        prefill: bool,
-    },
-    /// Compare-and-swap: txn(mod_revision == known) then put, else read and retry.
-    TxnCas {
-        /// Key/value shape (keys are picked at random in --key-space).
-        #[command(flatten)]
-        keys: KeyArgs,
-        /// Give up an op (one error) after this many failed compares.
-        #[arg(long, default_value_t = 1000)]
-        max_retries: u64,
-    },
-    /// Put-to-event latency of W watchers on one prefix (--clients putters, --total puts).
-    WatchLatency {
-        /// Number of watchers (one watch stream each, spread over the connections).
-        #[arg(long, default_value_t = 100)]
-        watchers: usize,
-        /// Total puts per second over all putters (0 = as fast as acks allow).
-        #[arg(long, default_value_t = 100)]
-        put_rate: u64,
-        /// Value size in bytes (at least 16: send time and sequence number).
-        #[arg(long, default_value_t = 256)]
-        val_size: usize,
-        /// How long to wait for the last events after the last put was acknowledged (ms).
-        #[arg(long, default_value_t = 10_000)]
-        drain_ms: u64,
-    },
-    /// Keep-alive round trips on K leases (one per client, one keep-alive stream each).
-    LeaseKeepalive {
-        /// TTL of each lease in seconds.
-        #[arg(long, default_value_t = 60)]
-        ttl: i64,
-    },
-}
-
-impl Workload {
-    /// The workload's name as used on the command line and in reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Workload::Put { .. } => "put",
-            Workload::Range { .. } => "range",
-            Workload::TxnCas { .. } => "txn-cas",
-            Workload::WatchLatency { .. } => "watch-latency",
-            Workload::LeaseKeepalive { .. } => "lease-keepalive",
-        }
-    }
-}
-
-/// Why a bench run could not run (op failures are counted, not returned).
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// Bad option values.
-    #[error("invalid option: {0}")]
-    Config(String),
-    /// An endpoint could not be reached.
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        /// The endpoint.
-        endpoint: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// A setup step (prefill, lease grant, watch creation) failed.
-    #[error("setup failed: {0}")]
-    Setup(String),
-    /// A client task panicked or was cancelled.
-    #[error("client task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// Parse `10`, `10s`, `500ms`, `2m` or `1.5` (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        return Err(format!(
-            "{s:?}: duration must be positive and at most a day"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// When to stop: `total` ops started or `deadline` passed.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    total: Option<u64>,
-    deadline: Option<Instant>,
-    started: AtomicU64,
-}
-
-impl Budget {
-    fn new(total: Option<u64>, duration: Option<Duration>) -> Budget {
-        Budget {
-            total,
-            deadline: duration.map(|d| Instant::now() + d),
-            started: AtomicU64::new(0),
-        }
-    }
-
-    /// Claim the next op; `None` when the run is over. Returns the op's index.
-    pub(crate) fn take(&self) -> Option<u64> {
-        if let Some(d) = self.deadline {
-            if Instant::now() >= d {
-                return None;
-            }
-        }
-        let i = self.started.fetch_add(1, Ordering::Relaxed);
-        match self.total {
-            Some(t) if i >= t => None,
-            _ => Some(i),
-        }
-    }
-}
-
-/// Connections and run parameters shared by the workloads.
-pub(crate) struct Ctx {
-    pub channels: Vec<Channel>,
-    pub clients: usize,
-    pub setup: RunSetup,
-    pub total: Option<u64>,
-    pub duration: Option<Duration>,
-}
-
-impl Ctx {
-    /// The channel of client (or watcher) `i`.
-    pub fn channel(&self, i: usize) -> Channel {
-        self.channels[i % self.channels.len()].clone()
-    }
-
-    /// A fresh budget; measurement starts now.
-    pub fn budget(&self) -> Arc<Budget> {
-        Arc::new(Budget::new(self.total, self.duration))
-    }
-}
-
-async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, BenchError> {
-    let mut channels = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let ep = &endpoints[i % endpoints.len()];
-        let url = crate::util::url::endpoint_url(ep).map_err(BenchError::Config)?;
-        let endpoint = Endpoint::from_shared(url)
-            .map_err(|e| BenchError::Config(format!("endpoint {ep:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let ch = endpoint
-            .connect()
-            .await
-            .map_err(|source| BenchError::Connect {
-                endpoint: ep.clone(),
-                source,
-            })?;
-        channels.push(ch);
-    }
-    Ok(channels)
-}
+use ctx::{connect, Ctx};
 
 /// Run one benchmark and return its report.
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
@@ -359,36 +113,11 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
-/// Await `fut` with the per-request deadline, flattening timeouts into a status.
-pub(crate) async fn with_timeout<T>(
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded(
-            "request timed out (client side)",
-        )),
-    }
-}
-
-/// Short error text: the gRPC code and message.
-pub(crate) fn status_text(s: &tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
-}
-
-/// Merge the recorders of finished client tasks.
-pub(crate) async fn join_all(
-    handles: Vec<tokio::task::JoinHandle<Recorder>>,
-) -> Result<Recorder, BenchError> {
-    let mut total = Recorder::new();
-    for h in handles {
-        total.merge(&h.await?);
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    use super::ctx::Budget;
     use super::*;
 
     #[test]

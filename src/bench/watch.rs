@@ -15,7 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::{status_text, with_timeout, BenchError, Ctx, Recorder, Report};
+use super::ctx::{status_text, with_timeout, BenchError, Ctx};
+use super::stats::{Recorder, Report};
 
 /// Sequence numbers above this are malformed (they would make the seen-set huge).
 const MAX_SEQ: u64 = 1 << 28;

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{KvClient, KvResult};
+use super::api::{KvClient, KvResult};
 
 /// Shortest pause between keepalives, whatever the TTL.
 const MIN_PERIOD: Duration = Duration::from_millis(100);

@@ -15,12 +15,13 @@ use crawler_storage::{Command, CommandResult};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{
-    convert, remote::map_status, BoxFuture, DeleteRangeRequest, DeleteRangeResponse, KvClient,
-    KvError, KvResult, LeaseGrant, LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, Reply, RequestOp, ResponseOp, TxnRequest, TxnResponse, WatchBatch,
-    WatchItem, WatchSpec, WatchStream,
+use super::api::{
+    BoxFuture, DeleteRangeRequest, DeleteRangeResponse, KvClient, KvError, KvResult, LeaseGrant,
+    LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse, RangeRequest, RangeResponse, Reply,
+    RequestOp, ResponseOp, TxnRequest, TxnResponse, WatchBatch, WatchItem, WatchSpec, WatchStream,
 };
+use super::convert;
+use super::remote::map_status;
 use crate::server::grpc::{self as api, ApiContext};
 use crate::server::lessor::LeaseError;
 use crate::server::member::Member;

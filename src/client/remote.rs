@@ -26,11 +26,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::{
-    convert, BoxFuture, DeleteRangeRequest, DeleteRangeResponse, KvClient, KvError, KvResult,
-    LeaseGrant, LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, Reply, TxnRequest, TxnResponse, WatchBatch, WatchItem, WatchSpec, WatchStream,
+use super::api::{
+    BoxFuture, DeleteRangeRequest, DeleteRangeResponse, KvClient, KvError, KvResult, LeaseGrant,
+    LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse, RangeRequest, RangeResponse, Reply,
+    TxnRequest, TxnResponse, WatchBatch, WatchItem, WatchSpec, WatchStream,
 };
+use super::convert;
 
 /// Largest message we accept from a server (etcd's Go client uses the same: `math.MaxInt32`).
 const MAX_DECODE_BYTES: usize = i32::MAX as usize;

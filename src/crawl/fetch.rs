@@ -132,7 +132,7 @@ impl Fetcher {
             );
         }
         let timeout = Duration::from_secs_f64(task.timeout.clamp(0.001, 86_400.0));
-        let allowed = std::sync::Arc::new(super::allowed_domains(task));
+        let allowed = std::sync::Arc::new(super::scope::allowed_domains(task));
         let build = |proxy: Option<&str>| -> Result<reqwest::Client, FetchError> {
             let allowed = allowed.clone();
             // Redirects stay inside the allowed domains (a redirect must not smuggle the crawl
@@ -145,7 +145,7 @@ impl Fetcher {
                     .previous()
                     .first()
                     .is_some_and(|u| u.path() == "/robots.txt");
-                if robots || super::host_allowed(&allowed, a.url()) {
+                if robots || super::scope::host_allowed(&allowed, a.url()) {
                     a.follow()
                 } else {
                     let msg = format!("redirect to {} outside the allowed domains", a.url());

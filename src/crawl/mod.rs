@@ -11,9 +11,11 @@ pub mod frontier;
 pub mod hosts;
 pub mod limiter;
 pub mod queue;
+pub mod request;
 pub mod robots;
 pub mod rules;
 mod run;
+pub mod scope;
 pub mod sink;
 pub mod status;
 pub mod synthetic_site;
@@ -27,18 +29,17 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use url::Url;
 
 use crate::client::{BoxFuture, KvClient};
 use crate::model::resource::RESOURCE_PREFIX;
 use crate::model::runner::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
-use crate::model::task::TaskConfig;
 
 use checkpoint::{CheckpointStore, Checkpointer};
 use fetch::Fetcher;
 use frontier::{Counters, Frontier};
 use hosts::HostPool;
 use rules::Rules;
+use scope::allowed_domains;
 use sink::{JsonlSinks, SinkFactory};
 use status::Status;
 
@@ -258,62 +259,5 @@ impl Drop for CrawlHandle {
             r.abort();
         }
         self.progress.abort();
-    }
-}
-
-/// The hosts a task may visit: `AllowedDomains`, else the seeds' hosts.
-pub(crate) fn allowed_domains(task: &TaskConfig) -> Vec<String> {
-    let mut out: Vec<String> = task
-        .allowed_domains
-        .iter()
-        .map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase())
-        .collect();
-    if out.is_empty() {
-        out = task
-            .urls
-            .iter()
-            .filter_map(|u| Url::parse(u).ok())
-            .filter_map(|u| u.host_str().map(str::to_ascii_lowercase))
-            .collect();
-    }
-    out
-}
-
-/// A host is allowed when it is an allowed domain or a subdomain of one.
-pub(crate) fn host_allowed(allowed: &[String], url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.to_ascii_lowercase();
-    allowed
-        .iter()
-        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::visit::{floor_char_boundary, robots_agent};
-    use super::*;
-
-    #[test]
-    fn domains() {
-        let mut t = TaskConfig::named("t");
-        t.urls = vec!["http://Books.Example.com/x".into()];
-        let a = allowed_domains(&t);
-        assert_eq!(a, vec!["books.example.com".to_string()]);
-        let u = |s: &str| Url::parse(s).expect("url");
-        assert!(host_allowed(&a, &u("http://books.example.com:8080/y")));
-        assert!(host_allowed(&a, &u("http://x.books.example.com/y")));
-        assert!(!host_allowed(&a, &u("http://example.com/y")));
-        assert!(!host_allowed(&a, &u("http://evilbooks.example.com/y")));
-        t.allowed_domains = vec![".example.com".into()];
-        assert!(host_allowed(
-            &allowed_domains(&t),
-            &u("http://example.com/")
-        ));
-        assert_eq!(robots_agent(&t), "crawler");
-        t.user_agent = Some("MyBot/2.0 (+http://x)".into());
-        assert_eq!(robots_agent(&t), "mybot");
-        assert_eq!(floor_char_boundary("中文", 4), 3);
     }
 }

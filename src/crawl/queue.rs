@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use super::frontier::Request;
+use super::request::Request;
 
 /// Requests kept in memory at the front of the queue.
 pub const HEAD_MAX: usize = 8192;

@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::checkpoint::{CheckpointError, CheckpointStore, Checkpointer, OwnerGuard};
-use super::frontier::{Counters, Frontier, Request, Ticket};
-use super::host_allowed;
+use super::frontier::{Counters, Frontier, Ticket};
+use super::request::Request;
+use super::scope::host_allowed;
 use super::sink::Sink;
 use super::status::Status;
 use super::visit::{Outcome, Visitor};

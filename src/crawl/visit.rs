@@ -13,8 +13,8 @@ use tokio::sync::{OnceCell, Semaphore};
 use url::Url;
 
 use super::fetch::{FetchError, Fetcher};
-use super::frontier::Request;
 use super::hosts::{HostPool, Politeness};
+use super::request::Request;
 use super::robots::{self, AgentRules, Robots};
 use super::rules::Rules;
 use super::sink::Item;
@@ -241,4 +241,18 @@ pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_and_char_boundary() {
+        let mut t = TaskConfig::named("t");
+        assert_eq!(robots_agent(&t), "crawler");
+        t.user_agent = Some("MyBot/2.0 (+http://x)".into());
+        assert_eq!(robots_agent(&t), "mybot");
+        assert_eq!(floor_char_boundary("中文", 4), 3);
+    }
 }

@@ -12,7 +12,7 @@ use crawler_proto::crawler::ResourceSpec;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use super::ops::{AddOutcome, ApiError};
+use super::api::{AddOutcome, ApiError};
 use crate::coord::registry::Node;
 use crate::model::resource::Resource;
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::forward::{to_spec, FORWARDED};
-use super::Inner;
+use super::state::Inner;
 
 /// The service over the master's shared state.
 pub(crate) struct Service {

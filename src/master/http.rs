@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::ops::ApiError;
-use super::Inner;
+use super::api::ApiError;
+use super::state::Inner;
 use crate::coord::registry::Node;
 use crate::model::resource::Resource;
 

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::assign::Load;
 use super::resources::{Fence, StoredResource, WriteError};
-use super::{Inner, Term};
+use super::state::{Inner, Term};
 use crate::client::KvError;
 use crate::coord::election::{ElectionError, Leadership, Session};
 use crate::coord::registry::RegistryError;

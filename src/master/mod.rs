@@ -11,6 +11,7 @@
 //! Followers serve reads themselves and forward writes to the leader's gRPC address, which they
 //! read from the election value `master<id>-<address>`.
 
+pub mod api;
 pub mod assign;
 pub mod forward;
 pub mod grpc;
@@ -18,7 +19,10 @@ pub mod http;
 pub mod leader;
 pub mod ops;
 pub mod resources;
+pub mod state;
 pub mod workers;
+
+use state::Inner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +37,7 @@ use crate::coord::election::{self, Election};
 use crate::coord::registry::{self, Registry};
 use crate::coord::snowflake::{Snowflake, SnowflakeError};
 
-pub use ops::{AddOutcome, ApiError, LeaderView};
+pub use api::{AddOutcome, ApiError, LeaderView};
 pub use resources::{Fence, ResourceStore, WriteError};
 pub use workers::{WorkerDiff, WorkerSet};
 
@@ -197,108 +201,6 @@ async fn check_id_free(
 const ID_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between id checks.
 const ID_CHECK_RETRY: Duration = Duration::from_millis(500);
-
-/// One leadership term of this master.
-pub(crate) struct Term {
-    /// The guard of every write of this term.
-    pub fence: Fence,
-    ready: watch::Sender<bool>,
-    ended: watch::Sender<bool>,
-}
-
-impl Term {
-    fn new(fence: Fence) -> Arc<Self> {
-        Arc::new(Self {
-            fence,
-            ready: watch::channel(false).0,
-            ended: watch::channel(false).0,
-        })
-    }
-
-    /// True once the become-leader sequence finished (and the term has not ended).
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow() && !self.is_ended()
-    }
-
-    fn set_ready(&self) {
-        self.ready.send_replace(true);
-    }
-
-    /// True once the term is over.
-    pub fn is_ended(&self) -> bool {
-        *self.ended.borrow()
-    }
-
-    /// End the term: every in-flight operation of it stops.
-    pub fn end(&self) {
-        self.ended.send_replace(true);
-    }
-
-    /// Resolves when the term has ended.
-    pub async fn ended(&self) {
-        let mut rx = self.ended.subscribe();
-        let _ = rx.wait_for(|e| *e).await;
-    }
-
-    /// Resolves when the term is ready (true) or has ended (false).
-    pub async fn wait_ready(&self) -> bool {
-        let mut ready = self.ready.subscribe();
-        tokio::select! {
-            r = ready.wait_for(|r| *r) => r.is_ok() && !self.is_ended(),
-            _ = self.ended() => false,
-        }
-    }
-}
-
-/// State shared by the leader loop and the API servers.
-pub(crate) struct Inner {
-    /// Master id.
-    pub id: u64,
-    /// The election value, `master<id>-<advertised grpc address>`.
-    pub value: String,
-    /// Seed resource names.
-    pub seeds: Vec<String>,
-    /// Election session TTL.
-    pub session_ttl: Duration,
-    /// Leader's periodic reconcile interval.
-    pub resync_interval: Duration,
-    /// Whether this master campaigns.
-    pub campaign: bool,
-    /// Whether the leader rebalances assignments.
-    pub rebalance: bool,
-    /// The store.
-    pub client: Arc<dyn KvClient>,
-    /// The master election.
-    pub election: Election,
-    /// The worker registry.
-    pub registry: Registry,
-    /// Worker service name.
-    pub worker_service: String,
-    /// Resource reads and fenced writes.
-    pub store: ResourceStore,
-    /// Live workers.
-    pub workers: Arc<WorkerSet>,
-    /// Resource ID generator.
-    pub ids: Arc<Snowflake>,
-    /// The current term while this master leads.
-    pub term: watch::Sender<Option<Arc<Term>>>,
-    /// Serializes the leader's read-assign-write operations, so each one counts load from a store
-    /// state no other operation of this master is changing.
-    pub op_lock: tokio::sync::Mutex<()>,
-    /// Clients to the leader for forwarded writes.
-    pub forward: forward::Forwarder,
-}
-
-impl Inner {
-    /// The current term, if this master leads and the term has not ended.
-    pub fn current_term(&self) -> Option<Arc<Term>> {
-        self.term
-            .borrow()
-            .as_ref()
-            .filter(|t| !t.is_ended())
-            .cloned()
-    }
-}
 
 /// A running master. Call [`Master::shutdown`] to resign and stop.
 pub struct Master {

@@ -1,8 +1,23 @@
 //! The worker's assignment loop: a snapshot of `/resources/` then a watch from the next
 //! revision, keeping the runs in line with what is assigned here; failed runs are retried.
 
-use super::registration::{registration_alive, registration_lost};
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::registration::{registration_alive, registration_lost, RegState};
+use super::retry::{self, MAX_BACKOFF};
+use super::table::{Entry, Shared, HEALTH_SERVICE};
+use crate::client::{
+    prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
+    TxnRequest, WatchSpec,
+};
+use crate::model::resource::{is_assigned_to, Resource};
+use crate::model::runner::{TaskRunner, TaskSpec};
+use crate::model::task::TaskConfig;
 
 /// Follows `/resources/` and keeps the runs in line with the assignments.
 pub(super) struct Assigner {

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::{Shared, TaskView};
+use super::table::{Shared, TaskView};
 
 /// Answer of `GET /health`.
 #[derive(Clone, Debug, Serialize)]

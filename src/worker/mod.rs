@@ -26,40 +26,37 @@ pub mod http;
 mod registration;
 pub mod retry;
 pub mod runner;
+mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use runner::{LoggedRun, LoggingRunner};
+pub use table::{TaskView, HEALTH_SERVICE};
 
-use crate::client::{
-    prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
-    TxnRequest, WatchSpec,
-};
+use retry::MAX_BACKOFF;
+use table::Shared;
+
+use crate::client::KvClient;
 use crate::config::{self, ServerSettings};
 use crate::coord::registry::{
     Node, RegisterOptions, Registration, Registry, RegistryError, Service,
 };
-use crate::model::resource::{is_assigned_to, Resource, RESOURCE_PREFIX, WORKER_SERVICE};
-use crate::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
+use crate::model::resource::{RESOURCE_PREFIX, WORKER_SERVICE};
+use crate::model::runner::TaskRunner;
 use crate::model::task::TaskConfig;
 use assignments::Assigner;
 use registration::{guard_registration, RegState};
 
-/// Name of the worker in its gRPC health service.
-pub const HEALTH_SERVICE: &str = "crawler.Worker";
 /// How long a stop lets open HTTP/gRPC connections finish.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(2);
-/// Longest pause between attempts to reach the store.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Everything a worker needs to start.
 #[derive(Clone, Debug)]
@@ -152,112 +149,6 @@ pub enum WorkerError {
     /// Deregistering on stop failed (the key then expires with its lease).
     #[error("cannot deregister (the registration expires with its lease): {0}")]
     Deregister(RegistryError),
-}
-
-/// One row of `GET /tasks`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TaskView {
-    /// Task (resource) name.
-    pub name: String,
-    /// Resource id.
-    pub resource_id: String,
-    /// `AssignedNode` of the resource.
-    pub assigned_node: String,
-    /// Resource creation time, unix nanoseconds.
-    pub creation_time: i64,
-    /// When this worker started the run, RFC 3339 UTC.
-    pub started: String,
-    /// Same, unix milliseconds.
-    pub started_unix_ms: u64,
-    /// `running`, `finished` or `failed`.
-    pub status: TaskState,
-    /// Detail (error of a failed run, what the runner does).
-    pub detail: Option<String>,
-    /// Runner counters.
-    pub stats: serde_json::Value,
-    /// Times this run was started again after failing.
-    pub retries: u32,
-    /// The error that made the last retry necessary (or the pending one).
-    pub last_error: Option<String>,
-}
-
-impl Entry {
-    /// The run's error if it failed (ended failed, or could not start).
-    fn failure(&self) -> Option<String> {
-        match &self.handle {
-            Some(h) => {
-                let r = h.report();
-                (r.state == TaskState::Failed).then(|| r.detail.unwrap_or_else(|| "failed".into()))
-            }
-            None => Some(
-                self.error
-                    .clone()
-                    .unwrap_or_else(|| "could not start".into()),
-            ),
-        }
-    }
-}
-
-/// A resource this worker is responsible for.
-struct Entry {
-    resource: Resource,
-    started: SystemTime,
-    /// `None` when the run could not start (`error` says why).
-    handle: Option<Box<dyn TaskHandle>>,
-    error: Option<String>,
-    retry: retry::RetryState,
-}
-
-impl Entry {
-    fn view(&self) -> TaskView {
-        let (status, detail, stats) = match &self.handle {
-            Some(h) => {
-                let r = h.report();
-                (r.state, r.detail, r.stats)
-            }
-            None => (
-                TaskState::Failed,
-                self.error.clone(),
-                serde_json::Value::Null,
-            ),
-        };
-        let ms = self
-            .started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        TaskView {
-            name: self.resource.name.clone(),
-            resource_id: self.resource.id.clone(),
-            assigned_node: self.resource.assigned_node.clone(),
-            creation_time: self.resource.creation_time,
-            started: crate::util::time::rfc3339(self.started),
-            started_unix_ms: ms,
-            status,
-            detail,
-            stats,
-            retries: self.retry.retries,
-            last_error: self.retry.last_error.clone(),
-        }
-    }
-}
-
-/// State shared by the worker handle, its assignment loop and its HTTP API.
-pub(crate) struct Shared {
-    node_id: String,
-    advertise: String,
-    /// Runs by resource key suffix (`/resources/<key>`).
-    table: Mutex<BTreeMap<String, Entry>>,
-    /// Highest store revision whose resource changes have been applied (0 before the first
-    /// snapshot).
-    synced_revision: AtomicI64,
-    /// Registered, assignments loaded and watched: what `GET /readyz` reports.
-    watching: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    fn views(&self) -> Vec<TaskView> {
-        self.table.lock().values().map(Entry::view).collect()
-    }
 }
 
 /// A running worker. Call [`Worker::shutdown`] to stop it cleanly (stop runs, deregister).

@@ -1,7 +1,13 @@
 //! The worker's watch over its registration lease: a loss stops every run (the master
 //! reassigns them), and another process taking the worker's id ends the worker.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::client::KvClient;
+use crate::coord::registry::Registration;
 
 /// What the registration guard knows about the registration lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

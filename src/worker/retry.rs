@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Longest pause between attempts to reach the store.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Longest pause between two attempts of a run.
 const MAX_DELAY: Duration = Duration::from_secs(600);
 

@@ -2,7 +2,18 @@
 //! own address by its dead predecessor), kept alive by a background task, given up when another
 //! process takes a key, deleted on a clean exit.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use super::error::RegistryError;
+use super::service::Service;
+use crate::client::{
+    Compare, CompareResult, CompareTarget, KeyValue, KvClient, PutRequest, RangeRequest, RequestOp,
+    ResponseOp, TxnRequest,
+};
 
 /// State shared between a [`Registration`] handle and its background task.
 pub(super) struct Shared {
