@@ -1,12 +1,12 @@
-//! [`KvClient`] on the store member running in this process: no network hop, no protobuf on
-//! the data path.
+//! [`KvClient`] on the store member running in this process: no network hop; protobuf only to
+//! measure a write against the request size limit.
 //!
 //! Same semantics as the remote client against our gRPC API, because it goes through the same
 //! member handles the gRPC services use: writes are raft commands (`ApiContext::write`, forwarded
 //! to the leader when this member follows), reads are linearizable through a read barrier
 //! (`ApiContext::read_guard`) unless `serializable`, watches are registered with the member's
 //! watch hub, leases go through the lessor (which forwards clock questions to the leader).
-//! Requests are validated by the same checks etcd's gRPC layer makes (`api::kv::check_*`), so an
+//! Requests are validated by the same checks the gRPC layer makes (`api::validate`), so an
 //! empty key or a duplicate key in a txn fails here exactly as it fails remotely.
 
 use std::time::Duration;
@@ -20,9 +20,8 @@ use super::api::{
     LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse, RangeRequest, RangeResponse, Reply,
     RequestOp, ResponseOp, TxnRequest, TxnResponse, WatchBatch, WatchItem, WatchSpec, WatchStream,
 };
-use super::convert;
 use super::remote::map_status;
-use crate::server::grpc::{self as api, ApiContext};
+use crate::server::grpc::{self as api, convert, validate, ApiContext};
 use crate::server::lessor::LeaseError;
 use crate::server::member::Member;
 use crate::server::watch_hub::{self, Delivery};
@@ -102,20 +101,10 @@ impl LocalClient {
     }
 }
 
-/// etcd's `isTxnSerializable`: every top-level op of both branches is a serializable range.
-fn txn_is_serializable(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(t.failure.iter())
-        .all(|op| matches!(op, RequestOp::Range(r) if r.serializable))
-}
-
 impl KvClient for LocalClient {
     fn range(&self, req: RangeRequest) -> BoxFuture<'_, KvResult<Reply<RangeResponse>>> {
         Box::pin(async move {
-            if req.key.is_empty() {
-                return Err(err(api::error::empty_key()));
-            }
+            validate::check_range(&req).map_err(err)?;
             let serializable = req.serializable;
             // One range inside a read-only txn: the store reports the revision it read at.
             let txn = TxnRequest {
@@ -136,9 +125,10 @@ impl KvClient for LocalClient {
 
     fn put(&self, req: PutRequest) -> BoxFuture<'_, KvResult<Reply<PutResponse>>> {
         Box::pin(async move {
-            let pb = convert::put_request(req.clone());
-            api::kv::check_put(&pb).map_err(err)?;
-            self.ctx.check_request_size(&pb).map_err(err)?;
+            validate::check_put(&req).map_err(err)?;
+            // The size limit is the encoded gRPC request's, as for a remote client.
+            let size = convert::put_to_proto(req.clone());
+            self.ctx.check_request_size(&size).map_err(err)?;
             let (revision, result) = self.ctx.write(Command::Put(req)).await.map_err(err)?;
             match result {
                 CommandResult::Put(body) => Ok(Reply { revision, body }),
@@ -152,9 +142,9 @@ impl KvClient for LocalClient {
         req: DeleteRangeRequest,
     ) -> BoxFuture<'_, KvResult<Reply<DeleteRangeResponse>>> {
         Box::pin(async move {
-            let pb = convert::delete_range_request(req.clone());
-            api::kv::check_delete(&pb).map_err(err)?;
-            self.ctx.check_request_size(&pb).map_err(err)?;
+            validate::check_delete(&req).map_err(err)?;
+            let size = convert::delete_to_proto(req.clone());
+            self.ctx.check_request_size(&size).map_err(err)?;
             let (revision, result) = self
                 .ctx
                 .write(Command::DeleteRange(req))
@@ -169,14 +159,14 @@ impl KvClient for LocalClient {
 
     fn txn(&self, req: TxnRequest) -> BoxFuture<'_, KvResult<Reply<TxnResponse>>> {
         Box::pin(async move {
-            let pb = convert::txn_request(req.clone());
-            api::kv::check_txn(&pb, self.ctx.limits.max_txn_ops).map_err(err)?;
-            api::kv::check_intervals(&pb.success).map_err(err)?;
-            api::kv::check_intervals(&pb.failure).map_err(err)?;
-            self.ctx.check_request_size(&pb).map_err(err)?;
+            validate::check_txn(&req, self.ctx.limits.max_txn_ops).map_err(err)?;
+            validate::check_intervals(&req.success).map_err(err)?;
+            validate::check_intervals(&req.failure).map_err(err)?;
+            let size = convert::txn_to_proto(req.clone());
+            self.ctx.check_request_size(&size).map_err(err)?;
             if req.is_read_only() {
                 // Like the gRPC service (and etcd): a read-only txn never enters the log.
-                let serializable = txn_is_serializable(&req);
+                let serializable = validate::txn_is_serializable(&req);
                 let (revision, body) = self.read_txn(&req, serializable).await?;
                 return Ok(Reply { revision, body });
             }

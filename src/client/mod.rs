@@ -14,7 +14,6 @@
 //! [`local::LocalClient`] on the store member running in the same process (no network hop).
 
 mod api;
-pub mod convert;
 pub mod keepalive;
 pub mod local;
 pub mod remote;

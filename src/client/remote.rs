@@ -26,12 +26,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::server::grpc::convert;
+
 use super::api::{
     BoxFuture, DeleteRangeRequest, DeleteRangeResponse, KvClient, KvError, KvResult, LeaseGrant,
     LeaseKeepAlive, LeaseTimeToLive, PutRequest, PutResponse, RangeRequest, RangeResponse, Reply,
     TxnRequest, TxnResponse, WatchBatch, WatchItem, WatchSpec, WatchStream,
 };
-use super::convert;
 
 /// Largest message we accept from a server (etcd's Go client uses the same: `math.MaxInt32`).
 const MAX_DECODE_BYTES: usize = i32::MAX as usize;
@@ -192,6 +193,20 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
+/// Header revision of a response (0 when the header is missing, which etcd never does).
+fn header_revision(h: &Option<pb::ResponseHeader>) -> i64 {
+    h.as_ref().map_or(0, |h| h.revision)
+}
+
+/// A reply the server should never send (an unknown event type, an empty txn op): a server
+/// fault, not the caller's.
+fn malformed(e: Status) -> KvError {
+    KvError::Other {
+        code: "Internal".into(),
+        message: format!("malformed reply: {}", e.message()),
+    }
+}
+
 /// Map a gRPC status to a [`KvError`], keeping the server's message.
 pub fn map_status(status: &Status, url: &str) -> KvError {
     let msg = status.message().to_string();
@@ -283,7 +298,7 @@ fn lease(ch: Channel) -> PbLeaseClient<Channel> {
 
 impl KvClient for RemoteKvClient {
     fn range(&self, req: RangeRequest) -> BoxFuture<'_, KvResult<Reply<RangeResponse>>> {
-        let req = convert::range_request(req);
+        let req = convert::range_to_proto(req);
         Box::pin(async move {
             let resp = self
                 .inner
@@ -293,14 +308,14 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
-                body: convert::range_response(resp),
+                revision: header_revision(&resp.header),
+                body: convert::range_resp_from_proto(resp),
             })
         })
     }
 
     fn put(&self, req: PutRequest) -> BoxFuture<'_, KvResult<Reply<PutResponse>>> {
-        let req = convert::put_request(req);
+        let req = convert::put_to_proto(req);
         Box::pin(async move {
             let resp = self
                 .inner
@@ -310,8 +325,8 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
-                body: convert::put_response(resp),
+                revision: header_revision(&resp.header),
+                body: convert::put_resp_from_proto(resp),
             })
         })
     }
@@ -320,7 +335,7 @@ impl KvClient for RemoteKvClient {
         &self,
         req: DeleteRangeRequest,
     ) -> BoxFuture<'_, KvResult<Reply<DeleteRangeResponse>>> {
-        let req = convert::delete_range_request(req);
+        let req = convert::delete_to_proto(req);
         Box::pin(async move {
             let resp = self
                 .inner
@@ -330,8 +345,8 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
-                body: convert::delete_range_response(resp),
+                revision: header_revision(&resp.header),
+                body: convert::delete_resp_from_proto(resp),
             })
         })
     }
@@ -342,7 +357,7 @@ impl KvClient for RemoteKvClient {
         } else {
             Safety::Mutating
         };
-        let req = convert::txn_request(req);
+        let req = convert::txn_to_proto(req);
         Box::pin(async move {
             let resp = self
                 .inner
@@ -352,8 +367,8 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
-                body: convert::txn_response(resp),
+                revision: header_revision(&resp.header),
+                body: convert::txn_resp_from_proto(resp).map_err(malformed)?,
             })
         })
     }
@@ -371,7 +386,7 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
+                revision: header_revision(&resp.header),
                 body: (),
             })
         })
@@ -382,7 +397,7 @@ impl KvClient for RemoteKvClient {
             let inner = self.inner.clone();
             let start = inner.start_index();
             let conn = open_watch(&inner, &spec, spec.start_revision, start).await?;
-            let created_revision = convert::revision(&conn.first.header);
+            let created_revision = header_revision(&conn.first.header);
             // Resume point if the stream breaks before any event: right after creation.
             let next_rev = if spec.start_revision > 0 {
                 spec.start_revision
@@ -411,7 +426,7 @@ impl KvClient for RemoteKvClient {
                 });
             }
             Ok(Reply {
-                revision: convert::revision(&resp.header),
+                revision: header_revision(&resp.header),
                 body: LeaseGrant {
                     id: resp.id,
                     ttl: resp.ttl,
@@ -430,7 +445,7 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
+                revision: header_revision(&resp.header),
                 body: (),
             })
         })
@@ -463,7 +478,7 @@ impl KvClient for RemoteKvClient {
                 ));
             }
             Ok(Reply {
-                revision: convert::revision(&resp.header),
+                revision: header_revision(&resp.header),
                 body: LeaseKeepAlive {
                     id: resp.id,
                     ttl: resp.ttl,
@@ -486,7 +501,7 @@ impl KvClient for RemoteKvClient {
                 })
                 .await?;
             Ok(Reply {
-                revision: convert::revision(&resp.header),
+                revision: header_revision(&resp.header),
                 body: LeaseTimeToLive {
                     id: resp.id,
                     ttl: resp.ttl,
@@ -662,9 +677,20 @@ async fn pump_watch(
                 let _ = tx.send(Err(err)).await;
                 return;
             }
-            let revision = convert::revision(&resp.header);
+            let revision = header_revision(&resp.header);
             let item = if !resp.events.is_empty() {
-                let events: Vec<_> = resp.events.into_iter().map(convert::event).collect();
+                let events: Vec<_> = match resp
+                    .events
+                    .into_iter()
+                    .map(convert::event_from_proto)
+                    .collect::<Result<_, _>>()
+                {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(malformed(e))).await;
+                        return;
+                    }
+                };
                 if let Some(last) = events.last() {
                     next_rev = next_rev.max(last.kv.mod_revision + 1);
                 }

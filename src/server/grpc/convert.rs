@@ -1,5 +1,6 @@
-//! Protobuf ⇄ store type conversions. Requests are decoded strictly: an enum number this server
-//! does not know becomes an `InvalidArgument` status, never a panic or a silent default.
+//! Protobuf ⇄ store type conversions, written once: the gRPC services decode requests and encode
+//! replies with them, the remote client the other way round. Decoding is strict: an unknown enum
+//! number or an empty oneof becomes an `InvalidArgument` status, never a panic or a silent default.
 
 use crawler_proto::etcdserverpb as pb;
 use crawler_proto::etcdserverpb::{compare, range_request, request_op, response_op};
@@ -508,5 +509,33 @@ mod tests {
         };
         let got = compare_from_proto(c).expect("valid compare");
         assert_eq!(got.target, st::CompareTarget::Mod(0));
+    }
+
+    #[test]
+    fn events_round_trip_and_bad_replies_are_errors() {
+        let ev = st::Event {
+            kind: st::EventType::Delete,
+            kv: st::KeyValue {
+                key: b"k".to_vec(),
+                mod_revision: 5,
+                ..Default::default()
+            },
+            prev_kv: None,
+        };
+        assert_eq!(
+            event_from_proto(event_to_proto(ev.clone(), true)).ok(),
+            Some(ev)
+        );
+        let bad = mvccpb::Event {
+            r#type: 7,
+            ..Default::default()
+        };
+        assert!(event_from_proto(bad).is_err());
+        // An empty op in a txn reply is an error, never silently dropped.
+        let reply = pb::TxnResponse {
+            responses: vec![pb::ResponseOp { response: None }],
+            ..Default::default()
+        };
+        assert!(txn_resp_from_proto(reply).is_err());
     }
 }

@@ -1,19 +1,18 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 //!
-//! Requests are validated the way etcd's `v3rpc/key.go` does (same checks, same order), then
-//! translated into store types; writes go through raft, reads read the local store after a read
+//! Requests are translated into store types, then validated the way etcd's `v3rpc/key.go` does
+//! ([`super::validate`]); writes go through raft, reads read the local store after a read
 //! barrier unless serializable.
-
-use std::collections::{BTreeMap, HashSet};
-use std::ops::Bound;
 
 use crawler_proto::etcdserverpb as pb;
 use crawler_proto::etcdserverpb::kv_server::Kv;
-use crawler_proto::etcdserverpb::request_op::Request;
 use crawler_storage::{Command, CommandResult};
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use super::context::{unexpected_result, ApiContext};
+use super::validate::{
+    check_delete, check_intervals, check_put, check_range, check_txn, txn_is_serializable,
+};
 use super::{convert, error};
 
 /// The KV service of one member.
@@ -35,9 +34,8 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let r = request.into_inner();
-        check_range(&r)?;
-        let req = convert::range_from_proto(r)?;
+        let req = convert::range_from_proto(request.into_inner())?;
+        check_range(&req)?;
         self.ctx.read_guard(req.serializable).await?;
         let (revision, resp) = self
             .ctx
@@ -56,12 +54,11 @@ impl Kv for KvService {
         request: GrpcRequest<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
-        check_put(&r)?;
-        self.ctx.check_request_size(&r)?;
-        let (rev, result) = self
-            .ctx
-            .write(Command::Put(convert::put_from_proto(r)))
-            .await?;
+        let size = self.ctx.check_request_size(&r);
+        let req = convert::put_from_proto(r);
+        check_put(&req)?;
+        size?;
+        let (rev, result) = self.ctx.write(Command::Put(req)).await?;
         match result {
             CommandResult::Put(p) => Ok(Response::new(convert::put_resp_to_proto(
                 p,
@@ -76,12 +73,11 @@ impl Kv for KvService {
         request: GrpcRequest<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let r = request.into_inner();
-        check_delete(&r)?;
-        self.ctx.check_request_size(&r)?;
-        let (rev, result) = self
-            .ctx
-            .write(Command::DeleteRange(convert::delete_from_proto(r)))
-            .await?;
+        let size = self.ctx.check_request_size(&r);
+        let req = convert::delete_from_proto(r);
+        check_delete(&req)?;
+        size?;
+        let (rev, result) = self.ctx.write(Command::DeleteRange(req)).await?;
         match result {
             CommandResult::DeleteRange(d) => Ok(Response::new(convert::delete_resp_to_proto(
                 d,
@@ -96,12 +92,13 @@ impl Kv for KvService {
         request: GrpcRequest<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
-        check_txn(&r, self.ctx.limits.max_txn_ops)?;
-        check_intervals(&r.success)?;
-        check_intervals(&r.failure)?;
-        self.ctx.check_request_size(&r)?;
-        let serializable = txn_is_serializable(&r);
+        let size = self.ctx.check_request_size(&r);
         let txn = convert::txn_from_proto(r)?;
+        check_txn(&txn, self.ctx.limits.max_txn_ops)?;
+        check_intervals(&txn.success)?;
+        check_intervals(&txn.failure)?;
+        size?;
+        let serializable = txn_is_serializable(&txn);
         if txn.is_read_only() {
             // A read-only txn never enters the log (etcd does the same).
             self.ctx.read_guard(serializable).await?;
@@ -145,268 +142,5 @@ impl Kv for KvService {
             })),
             other => Err(unexpected_result("compact", &other)),
         }
-    }
-}
-
-// ---- validation (etcd's v3rpc/key.go) ----------------------------------------------------------
-
-/// etcd's `checkRangeRequest`.
-pub fn check_range(r: &pb::RangeRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(error::empty_key());
-    }
-    Ok(())
-}
-
-/// etcd's `checkPutRequest`.
-pub fn check_put(r: &pb::PutRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(error::empty_key());
-    }
-    if r.ignore_value && !r.value.is_empty() {
-        return Err(error::value_provided());
-    }
-    if r.ignore_lease && r.lease != 0 {
-        return Err(error::lease_provided());
-    }
-    Ok(())
-}
-
-/// etcd's `checkDeleteRequest`.
-pub fn check_delete(r: &pb::DeleteRangeRequest) -> Result<(), Status> {
-    if r.key.is_empty() {
-        return Err(error::empty_key());
-    }
-    Ok(())
-}
-
-/// etcd's `checkTxnRequest`: op counts per branch (nested txns get what the parent left),
-/// non-empty keys everywhere, no empty ops.
-pub fn check_txn(r: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), Status> {
-    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
-    if opc > max_txn_ops {
-        return Err(error::too_many_ops());
-    }
-    if r.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(error::empty_key());
-    }
-    for op in r.success.iter().chain(r.failure.iter()) {
-        check_request_op(op, max_txn_ops - opc)?;
-    }
-    Ok(())
-}
-
-fn check_request_op(op: &pb::RequestOp, max_txn_ops: usize) -> Result<(), Status> {
-    match &op.request {
-        Some(Request::RequestRange(r)) => check_range(r),
-        Some(Request::RequestPut(r)) => check_put(r),
-        Some(Request::RequestDeleteRange(r)) => check_delete(r),
-        Some(Request::RequestTxn(t)) => check_txn(t, max_txn_ops),
-        None => Err(error::key_not_found()),
-    }
-}
-
-/// etcd's `isTxnSerializable`: every top-level op of both branches is a serializable range.
-fn txn_is_serializable(r: &pb::TxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(r.failure.iter())
-        .all(|op| matches!(&op.request, Some(Request::RequestRange(rr)) if rr.serializable))
-}
-
-/// A set of half-open key intervals kept as disjoint merged intervals, so that "is this key
-/// inside any deleted range" is a logarithmic lookup (etcd uses an interval tree for the same).
-#[derive(Default)]
-struct IntervalSet {
-    /// begin → end, disjoint.
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-impl IntervalSet {
-    fn insert(&mut self, mut begin: Vec<u8>, mut end: Vec<u8>) {
-        if begin >= end {
-            return;
-        }
-        if let Some((b, e)) = self
-            .map
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin.as_slice())))
-            .next_back()
-        {
-            if *e >= begin {
-                let (b, e) = (b.clone(), e.clone());
-                self.map.remove(&b);
-                begin = b;
-                if e > end {
-                    end = e;
-                }
-            }
-        }
-        let covered: Vec<Vec<u8>> = self
-            .map
-            .range::<[u8], _>((
-                Bound::Included(begin.as_slice()),
-                Bound::Included(end.as_slice()),
-            ))
-            .map(|(b, _)| b.clone())
-            .collect();
-        for b in covered {
-            if let Some(e) = self.map.remove(&b) {
-                if e > end {
-                    end = e;
-                }
-            }
-        }
-        self.map.insert(begin, end);
-    }
-
-    fn contains(&self, key: &[u8]) -> bool {
-        self.map
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .next_back()
-            .is_some_and(|(_, e)| e.as_slice() > key)
-    }
-
-    fn union(&mut self, other: IntervalSet) {
-        for (b, e) in other.map {
-            self.insert(b, e);
-        }
-    }
-}
-
-/// etcd's `checkIntervals`: inside one branch (nested txns included) a key may not be put twice
-/// nor put and deleted; the two branches of a nested txn may put the same key.
-///
-/// Like etcd, a delete's `range_end` is taken literally as an interval end, so `"\0"` (all keys
-/// from `key`) yields an empty interval and is not checked against puts.
-pub fn check_intervals(reqs: &[pb::RequestOp]) -> Result<HashSet<Vec<u8>>, Status> {
-    check_intervals_inner(reqs).map(|(puts, _)| puts)
-}
-
-fn check_intervals_inner(
-    reqs: &[pb::RequestOp],
-) -> Result<(HashSet<Vec<u8>>, IntervalSet), Status> {
-    let mut dels = IntervalSet::default();
-    for req in reqs {
-        if let Some(Request::RequestDeleteRange(d)) = &req.request {
-            if d.range_end.is_empty() {
-                let mut end = d.key.clone();
-                end.push(0);
-                dels.insert(d.key.clone(), end);
-            } else {
-                dels.insert(d.key.clone(), d.range_end.clone());
-            }
-        }
-    }
-
-    let mut puts: HashSet<Vec<u8>> = HashSet::new();
-    for req in reqs {
-        let Some(Request::RequestTxn(t)) = &req.request else {
-            continue;
-        };
-        let (puts_then, dels_then) = check_intervals_inner(&t.success)?;
-        let (puts_else, dels_else) = check_intervals_inner(&t.failure)?;
-        for k in &puts_then {
-            if puts.contains(k) || dels.contains(k) {
-                return Err(error::duplicate_key());
-            }
-            puts.insert(k.clone());
-        }
-        for k in puts_else {
-            // The branches are exclusive, so the same key in both is fine.
-            if (puts.contains(&k) && !puts_then.contains(&k)) || dels.contains(&k) {
-                return Err(error::duplicate_key());
-            }
-            puts.insert(k);
-        }
-        dels.union(dels_then);
-        dels.union(dels_else);
-    }
-
-    for req in reqs {
-        let Some(Request::RequestPut(p)) = &req.request else {
-            continue;
-        };
-        if puts.contains(&p.key) || dels.contains(&p.key) {
-            return Err(error::duplicate_key());
-        }
-        puts.insert(p.key.clone());
-    }
-    Ok((puts, dels))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(k: &str) -> pb::RequestOp {
-        pb::RequestOp {
-            request: Some(Request::RequestPut(pb::PutRequest {
-                key: k.as_bytes().to_vec(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn del(k: &str, end: &str) -> pb::RequestOp {
-        pb::RequestOp {
-            request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
-                key: k.as_bytes().to_vec(),
-                range_end: end.as_bytes().to_vec(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn txn(success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>) -> pb::RequestOp {
-        pb::RequestOp {
-            request: Some(Request::RequestTxn(pb::TxnRequest {
-                compare: vec![],
-                success,
-                failure,
-            })),
-        }
-    }
-
-    #[test]
-    fn intervals_like_etcd() {
-        assert!(check_intervals(&[put("a"), put("b")]).is_ok());
-        assert!(check_intervals(&[put("a"), put("a")]).is_err());
-        assert!(check_intervals(&[put("a"), del("a", "")]).is_err());
-        assert!(check_intervals(&[put("b"), del("a", "c")]).is_err());
-        assert!(check_intervals(&[put("c"), del("a", "c")]).is_ok());
-        // etcd quirk: "\0" end is an empty interval.
-        assert!(check_intervals(&[put("b"), del("a", "\0")]).is_ok());
-        // Nested: both branches may put the same key...
-        assert!(check_intervals(&[txn(vec![put("a")], vec![put("a")])]).is_ok());
-        // ...but not together with the parent.
-        assert!(check_intervals(&[txn(vec![put("a")], vec![]), put("a")]).is_err());
-        assert!(check_intervals(&[txn(vec![del("a", "z")], vec![]), put("b")]).is_err());
-        assert!(check_intervals(&[del("a", "z"), txn(vec![], vec![put("b")])]).is_err());
-    }
-
-    #[test]
-    fn interval_set_merges() {
-        let mut s = IntervalSet::default();
-        s.insert(b"b".to_vec(), b"d".to_vec());
-        s.insert(b"f".to_vec(), b"h".to_vec());
-        s.insert(b"c".to_vec(), b"g".to_vec());
-        assert_eq!(s.map.len(), 1);
-        assert!(s.contains(b"b") && s.contains(b"e") && s.contains(b"g\xff"));
-        assert!(!s.contains(b"h") && !s.contains(b"a"));
-    }
-
-    #[test]
-    fn too_many_ops() {
-        let ops: Vec<_> = (0..5).map(|i| put(&format!("k{i}"))).collect();
-        let r = pb::TxnRequest {
-            compare: vec![],
-            success: ops,
-            failure: vec![],
-        };
-        assert!(check_txn(&r, 5).is_ok());
-        assert_eq!(
-            check_txn(&r, 4).expect_err("too many").message(),
-            "etcdserver: too many operations in txn request"
-        );
     }
 }

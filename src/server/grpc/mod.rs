@@ -10,6 +10,7 @@ pub mod error;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod validate;
 pub mod watch;
 
 pub use context::ApiContext;
