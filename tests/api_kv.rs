@@ -670,3 +670,94 @@ async fn maintenance_status_and_member_list() {
 
     f.stop().await;
 }
+
+/// The in-process client runs the gRPC layer's checks on the store's own types: the same
+/// requests fail with the same etcd texts.
+#[tokio::test]
+async fn local_client_rejects_what_grpc_rejects() {
+    use crawler::client::local::LocalClient;
+    use crawler::client::{
+        DeleteRangeRequest, KvClient as _, KvError, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    };
+    let mut f = Fixture::start().await;
+    let local = LocalClient::from_member(f.member.as_ref().expect("running"));
+    let put = |k: &str| {
+        RequestOp::Put(PutRequest {
+            key: k.into(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        })
+    };
+    let invalid = |e: KvError, want: &str| match e {
+        KvError::InvalidArgument(m) => assert_eq!(m, want),
+        other => panic!("expected InvalidArgument {want:?}, got {other:?}"),
+    };
+    let no_key = "etcdserver: key is not provided";
+    invalid(
+        local
+            .range(RangeRequest::default())
+            .await
+            .expect_err("empty key"),
+        no_key,
+    );
+    invalid(
+        local
+            .put(PutRequest::default())
+            .await
+            .expect_err("empty key"),
+        no_key,
+    );
+    invalid(
+        local
+            .delete_range(DeleteRangeRequest::default())
+            .await
+            .expect_err("empty key"),
+        no_key,
+    );
+    let dup = TxnRequest {
+        compare: vec![],
+        success: vec![put("/l/a"), put("/l/a")],
+        failure: vec![],
+    };
+    invalid(
+        local.txn(dup).await.expect_err("duplicate"),
+        "etcdserver: duplicate key given in txn request",
+    );
+    let many = TxnRequest {
+        compare: vec![],
+        success: (0..129).map(|i| put(&format!("/l/{i}"))).collect(),
+        failure: vec![],
+    };
+    invalid(
+        local.txn(many).await.expect_err("too many"),
+        "etcdserver: too many operations in txn request",
+    );
+    let ignore = PutRequest {
+        key: b"/l/k".to_vec(),
+        value: b"v".to_vec(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    invalid(
+        local
+            .put(ignore)
+            .await
+            .expect_err("value with ignore_value"),
+        "etcdserver: value is provided",
+    );
+    f.kv.put(pb::PutRequest {
+        key: b"/l/ok".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("grpc put");
+    let r = local
+        .range(RangeRequest {
+            key: b"/l/ok".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("local range");
+    assert_eq!(r.body.kvs.len(), 1);
+    f.stop().await;
+}
