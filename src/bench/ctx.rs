@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::stats::{Recorder, RunSetup};
 
 /// Per-request deadline: a request slower than this counts as an error.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for each connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,14 +39,14 @@ pub enum BenchError {
 
 /// When to stop: `total` ops started or `deadline` passed.
 #[derive(Debug)]
-pub(crate) struct Budget {
+pub struct Budget {
     total: Option<u64>,
     deadline: Option<Instant>,
     started: AtomicU64,
 }
 
 impl Budget {
-    pub(crate) fn new(total: Option<u64>, duration: Option<Duration>) -> Budget {
+    pub fn new(total: Option<u64>, duration: Option<Duration>) -> Budget {
         Budget {
             total,
             deadline: duration.map(|d| Instant::now() + d),
@@ -55,7 +55,7 @@ impl Budget {
     }
 
     /// Claim the next op; `None` when the run is over. Returns the op's index.
-    pub(crate) fn take(&self) -> Option<u64> {
+    pub fn take(&self) -> Option<u64> {
         if let Some(d) = self.deadline {
             if Instant::now() >= d {
                 return None;
@@ -70,7 +70,7 @@ impl Budget {
 }
 
 /// Connections and run parameters shared by the workloads.
-pub(crate) struct Ctx {
+pub struct Ctx {
     pub channels: Vec<Channel>,
     pub clients: usize,
     pub setup: RunSetup,
@@ -90,10 +90,7 @@ impl Ctx {
     }
 }
 
-pub(crate) async fn connect(
-    endpoints: &[String],
-    conns: usize,
-) -> Result<Vec<Channel>, BenchError> {
+pub async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
         let ep = &endpoints[i % endpoints.len()];
@@ -115,7 +112,7 @@ pub(crate) async fn connect(
 }
 
 /// Await `fut` with the per-request deadline, flattening timeouts into a status.
-pub(crate) async fn with_timeout<T>(
+pub async fn with_timeout<T>(
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
@@ -127,12 +124,12 @@ pub(crate) async fn with_timeout<T>(
 }
 
 /// Short error text: the gRPC code and message.
-pub(crate) fn status_text(s: &tonic::Status) -> String {
+pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
 /// Merge the recorders of finished client tasks.
-pub(crate) async fn join_all(
+pub async fn join_all(
     handles: Vec<tokio::task::JoinHandle<Recorder>>,
 ) -> Result<Recorder, BenchError> {
     let mut total = Recorder::new();

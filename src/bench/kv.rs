@@ -17,7 +17,7 @@ use super::ctx::{join_all, status_text, with_timeout, BenchError, Ctx};
 use super::stats::{Recorder, Report};
 
 /// Key `n` as a zero-padded decimal number of exactly `size` bytes.
-pub(crate) fn key_bytes(n: u64, size: usize) -> Vec<u8> {
+pub fn key_bytes(n: u64, size: usize) -> Vec<u8> {
     format!("{n:0size$}").into_bytes()
 }
 

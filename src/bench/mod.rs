@@ -10,7 +10,7 @@ mod args;
 mod ctx;
 mod kv;
 mod lease;
-pub mod stats;
+pub(crate) mod stats;
 mod watch;
 
 use std::process::ExitCode;

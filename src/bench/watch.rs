@@ -37,13 +37,13 @@ pub(super) struct WatchParams {
 
 /// A growable bit set of sequence numbers.
 #[derive(Default, Clone)]
-pub(crate) struct SeqSet {
+pub struct SeqSet {
     words: Vec<u64>,
 }
 
 impl SeqSet {
     /// Insert `seq`; false if it was already present.
-    pub(crate) fn insert(&mut self, seq: u64) -> bool {
+    pub fn insert(&mut self, seq: u64) -> bool {
         let (w, b) = ((seq / 64) as usize, seq % 64);
         if w >= self.words.len() {
             self.words.resize(w + 1, 0);
@@ -61,12 +61,12 @@ impl SeqSet {
     }
 
     /// Number of members.
-    pub(crate) fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// Number of members of `self` also in `other`.
-    pub(crate) fn intersection_len(&self, other: &SeqSet) -> u64 {
+    pub fn intersection_len(&self, other: &SeqSet) -> u64 {
         self.words
             .iter()
             .zip(&other.words)

@@ -57,7 +57,7 @@ pub struct DevArgs {
 }
 
 /// Entry point of `crawler dev`; `typed_log_level` as for `crawler master`.
-pub(crate) fn main(args: DevArgs, typed_log_level: bool) -> ExitCode {
+pub fn main(args: DevArgs, typed_log_level: bool) -> ExitCode {
     let cfg = match load_config(args.config.as_deref(), true) {
         Ok(c) => c,
         Err(e) => return fail("dev", &e),

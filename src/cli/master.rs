@@ -45,7 +45,7 @@ pub struct MasterArgs {
 /// Entry point of `crawler master`; `typed_log_level`: `--log-level` was given on the command
 /// line (the store flags give it a default, and the config file's `logLevel` applies only when
 /// it was not typed).
-pub(crate) fn main(args: MasterArgs, typed_log_level: bool) -> ExitCode {
+pub fn main(args: MasterArgs, typed_log_level: bool) -> ExitCode {
     let cfg = match load_config(args.config.as_deref(), false) {
         Ok(c) => c,
         Err(e) => return fail("master", &e),

@@ -13,20 +13,20 @@ use crate::config::{Config, ServerSettings};
 use crate::master::MasterConfig;
 
 /// Load `--config` (or the built-in sample when `sample`), naming the file in errors.
-pub(crate) fn load_config(path: Option<&std::path::Path>, sample: bool) -> anyhow::Result<Config> {
+pub fn load_config(path: Option<&std::path::Path>, sample: bool) -> anyhow::Result<Config> {
     Ok(Config::load_or(path, sample)?.0)
 }
 
 /// The log filter to use: the flag when given, else the file's `logLevel`, else `info`
 /// (`RUST_LOG` still wins when the logger is set up).
-pub(crate) fn log_level(flag: Option<&str>, cfg: &Config) -> String {
+pub fn log_level(flag: Option<&str>, cfg: &Config) -> String {
     flag.map(str::to_string)
         .or_else(|| cfg.log_level.clone())
         .unwrap_or_else(|| "info".to_string())
 }
 
 /// Ctrl-C or SIGTERM.
-pub(crate) async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -49,7 +49,7 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
-pub(crate) fn print_line(line: &str) {
+pub fn print_line(line: &str) {
     // Ready lines are the contract with scripts and tests that spawn the binary.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -57,7 +57,7 @@ pub(crate) fn print_line(line: &str) {
 }
 
 /// The worker service name masters watch: `[GRPCServer].Name`, default `go.micro.server.worker`.
-pub(crate) fn worker_service(cfg: &Config) -> String {
+pub fn worker_service(cfg: &Config) -> String {
     cfg.grpc_server
         .name
         .clone()
@@ -65,7 +65,7 @@ pub(crate) fn worker_service(cfg: &Config) -> String {
 }
 
 /// `MasterConfig` from a resolved `[MasterServer]` and the config's tasks (the seeds).
-pub(crate) fn master_config(s: &ServerSettings, cfg: &Config) -> anyhow::Result<MasterConfig> {
+pub fn master_config(s: &ServerSettings, cfg: &Config) -> anyhow::Result<MasterConfig> {
     let mut mc = MasterConfig::from_settings(s, &cfg.tasks)?;
     // A bare `--advertise host` keeps the gRPC port.
     mc.grpc_advertise = s
@@ -76,25 +76,19 @@ pub(crate) fn master_config(s: &ServerSettings, cfg: &Config) -> anyhow::Result<
     Ok(mc)
 }
 
-pub(crate) fn remote_client(
-    endpoints: &[String],
-    timeout: Duration,
-) -> anyhow::Result<Arc<dyn KvClient>> {
+pub fn remote_client(endpoints: &[String], timeout: Duration) -> anyhow::Result<Arc<dyn KvClient>> {
     let mut rc = RemoteConfig::new(endpoints.iter().cloned());
     rc.request_timeout = timeout;
     Ok(Arc::new(RemoteKvClient::new(rc)?))
 }
 
-pub(crate) fn fail(cmd: &str, e: &anyhow::Error) -> ExitCode {
+pub fn fail(cmd: &str, e: &anyhow::Error) -> ExitCode {
     eprintln!("crawler {cmd}: {e:#}");
     ExitCode::FAILURE
 }
 
 /// Run one subcommand on a multi-threaded runtime.
-pub(crate) fn block_on(
-    cmd: &str,
-    fut: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> ExitCode {
+pub fn block_on(cmd: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,7 +110,7 @@ const QUIET_OPENRAFT: &str =
     "openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
 
 /// Logs go to stderr; `RUST_LOG` wins over `--log-level`.
-pub(crate) fn init_logging(level: &str) {
+pub fn init_logging(level: &str) {
     // openraft's INFO lines are its internals (a state dump at start, every vote), and its
     // replication logs four lines (one an ERROR) for every retry to a peer that is down, where
     // our peer network logs one line per reachable/unreachable change. Both show at `debug`

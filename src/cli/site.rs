@@ -37,13 +37,13 @@ pub struct SiteArgs {
 }
 
 /// Entry point of `crawler site`.
-pub(crate) fn main_site(args: SiteArgs) -> ExitCode {
+pub fn main_site(args: SiteArgs) -> ExitCode {
     init_logging("warn");
     block_on("site", serve_site(args))
 }
 
 /// Entry point of `crawler demo-site`.
-pub(crate) fn main_demo_site(args: DemoSiteArgs) -> ExitCode {
+pub fn main_demo_site(args: DemoSiteArgs) -> ExitCode {
     init_logging("warn");
     block_on("demo-site", serve_demo_site(args))
 }

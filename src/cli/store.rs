@@ -318,7 +318,7 @@ impl StoreArgs {
 
 /// Start a store member from the store flags (auto-compaction on unless the flags say otherwise),
 /// and wait (bounded) until the cluster has a leader.
-pub(crate) async fn start_embedded(store: &StoreArgs) -> anyhow::Result<Member> {
+pub async fn start_embedded(store: &StoreArgs) -> anyhow::Result<Member> {
     let cfg = store.member_config_with(EMBEDDED_DEFAULTS)?;
     let member = crate::services::start_member(cfg).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
@@ -333,7 +333,7 @@ pub(crate) async fn start_embedded(store: &StoreArgs) -> anyhow::Result<Member> 
 }
 
 /// Entry point of `crawler store`.
-pub(crate) fn main(args: StoreArgs) -> ExitCode {
+pub fn main(args: StoreArgs) -> ExitCode {
     init_logging(&args.log_level);
     block_on("store", run(args))
 }

@@ -44,7 +44,7 @@ pub struct WorkerArgs {
 }
 
 /// Entry point of `crawler worker`.
-pub(crate) fn main(args: WorkerArgs) -> ExitCode {
+pub fn main(args: WorkerArgs) -> ExitCode {
     let cfg = match load_config(args.config.as_deref(), false) {
         Ok(c) => c,
         Err(e) => return fail("worker", &e),

@@ -19,7 +19,7 @@ pub use super::request::{fingerprint_of, normalise, Request};
 
 /// Fingerprints are already uniformly distributed: hash them as they are.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct IdentityHasher(u64);
+pub struct IdentityHasher(u64);
 
 impl Hasher for IdentityHasher {
     fn finish(&self) -> u64 {
@@ -37,7 +37,7 @@ impl Hasher for IdentityHasher {
 }
 
 /// A set of fingerprints.
-pub(crate) type FingerprintSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+pub type FingerprintSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
 
 /// Counters carried across workers in checkpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

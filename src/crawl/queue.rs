@@ -83,11 +83,13 @@ impl PendingQueue {
     }
 
     /// Nothing queued.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Requests held in memory now.
+    #[cfg(test)]
     pub fn in_memory(&self) -> usize {
         self.head.len() + self.tail.len()
     }

@@ -52,14 +52,18 @@ struct ItemSpec {
 /// A compiled rule.
 #[derive(Debug)]
 pub struct Rule {
+    /// The rule's name (`#<index>` for an unnamed one); tests read it to check which rule a page
+    /// gets.
+    #[cfg_attr(not(test), allow(dead_code))]
     name: String,
     depth: Option<u32>,
     follow: Vec<Follow>,
     items: Vec<ItemSpec>,
 }
 
+#[cfg(test)]
 impl Rule {
-    /// The rule's name (`#<index>` for an unnamed one).
+    /// The rule's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -320,11 +324,6 @@ impl Rules {
             follow,
             items,
         })
-    }
-
-    /// True when the task configures no rules (every link is followed, nothing extracted).
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// The rule for a page: the one its link named, else the one for its depth, else the first

@@ -57,12 +57,12 @@ enum End {
 }
 
 /// Resolves when a stop was asked for (or the handle is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One task run.
-pub(crate) struct Run {
+pub struct Run {
     pub visitor: Arc<Visitor>,
     pub resource: Resource,
     pub sink: Arc<dyn Sink>,

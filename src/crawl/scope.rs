@@ -5,7 +5,7 @@ use url::Url;
 use crate::model::task::TaskConfig;
 
 /// The hosts a task may visit: `AllowedDomains`, else the seeds' hosts.
-pub(crate) fn allowed_domains(task: &TaskConfig) -> Vec<String> {
+pub fn allowed_domains(task: &TaskConfig) -> Vec<String> {
     let mut out: Vec<String> = task
         .allowed_domains
         .iter()
@@ -23,7 +23,7 @@ pub(crate) fn allowed_domains(task: &TaskConfig) -> Vec<String> {
 }
 
 /// A host is allowed when it is an allowed domain or a subdomain of one.
-pub(crate) fn host_allowed(allowed: &[String], url: &Url) -> bool {
+pub fn host_allowed(allowed: &[String], url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

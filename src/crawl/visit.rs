@@ -22,7 +22,7 @@ use super::status::Status;
 use crate::model::task::TaskConfig;
 
 /// What happened to one request.
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Fetched and processed.
     Page {
         items: Vec<Item>,
@@ -36,7 +36,7 @@ pub(crate) enum Outcome {
 }
 
 /// What every visit of one run shares.
-pub(crate) struct Visitor {
+pub struct Visitor {
     pub task: TaskConfig,
     pub rules: Rules,
     pub fetcher: Fetcher,
@@ -221,7 +221,7 @@ impl Visitor {
 
 /// The product token looked up in robots.txt: the configured `User-Agent`'s first token, else
 /// ours.
-pub(crate) fn robots_agent(task: &TaskConfig) -> String {
+pub fn robots_agent(task: &TaskConfig) -> String {
     task.user_agent
         .as_deref()
         .and_then(|ua| ua.split(['/', ' ']).next())
@@ -232,7 +232,7 @@ pub(crate) fn robots_agent(task: &TaskConfig) -> String {
 }
 
 /// The largest index `<= max` on a char boundary of `s`.
-pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
+pub fn floor_char_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
         return s.len();
     }

@@ -41,6 +41,7 @@ impl Load {
     }
 
     /// Record one resource less on `node_id`.
+    #[cfg(test)]
     pub fn remove(&mut self, node_id: &str) {
         if let Some(n) = self.counts.get_mut(node_id) {
             *n = n.saturating_sub(1);
@@ -48,6 +49,7 @@ impl Load {
     }
 
     /// The worker with the fewest resources, the smallest id among equals; `None` without workers.
+    #[cfg(test)]
     pub fn least_loaded<'w>(&self, workers: &'w BTreeMap<String, Node>) -> Option<&'w Node> {
         // BTreeMap iterates in id order and min_by_key keeps the first minimum: ties → smallest id.
         workers

@@ -13,7 +13,7 @@ use super::forward::{to_spec, FORWARDED};
 use super::state::Inner;
 
 /// The service over the master's shared state.
-pub(crate) struct Service {
+pub struct Service {
     inner: Arc<Inner>,
 }
 
@@ -91,7 +91,7 @@ impl CrawlerMaster for Service {
 }
 
 /// Serve the service on `listener` until `stop` turns true.
-pub(crate) async fn serve(
+pub async fn serve(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,

@@ -243,7 +243,7 @@ async fn not_found() -> ApiError {
 }
 
 /// The API's routes.
-pub(crate) fn router(inner: Arc<Inner>) -> Router {
+pub fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/crawler/resource", post(add).delete(delete).get(get_one))
         .route("/crawler/resources", get(list))
@@ -257,7 +257,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
 }
 
 /// Serve the API on `listener` until `stop` turns true.
-pub(crate) async fn serve(
+pub async fn serve(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,

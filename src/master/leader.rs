@@ -29,7 +29,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a leader step did not complete.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LeadError {
+pub enum LeadError {
     /// A fenced write failed: the term is over.
     #[error("fenced write failed: leadership lost")]
     Fenced,
@@ -66,7 +66,7 @@ async fn close_session(session: Session) {
 }
 
 /// The campaign loop; returns when `stop` turns true (after resigning if leading).
-pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+pub async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     if !inner.campaign {
         tracing::info!(master = %inner.value, "not campaigning (API-only master)");
         stopped(&mut stop).await;
@@ -247,7 +247,7 @@ fn fenced(e: WriteError) -> Result<bool, LeadError> {
 /// One pass: on becoming leader (`seeds` given) add the seeds that are not stored; then give
 /// every resource that is unassigned or assigned to a dead worker to the least-loaded live worker
 /// (keeping its ID and creation time).
-pub(crate) async fn reconcile(
+pub async fn reconcile(
     inner: &Inner,
     term: &Term,
     seeds: Option<&[String]>,

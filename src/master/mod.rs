@@ -11,16 +11,16 @@
 //! Followers serve reads themselves and forward writes to the leader's gRPC address, which they
 //! read from the election value `master<id>-<address>`.
 
-pub mod api;
-pub mod assign;
-pub mod forward;
-pub mod grpc;
-pub mod http;
-pub mod leader;
-pub mod ops;
-pub mod resources;
-pub mod state;
-pub mod workers;
+pub(crate) mod api;
+pub(crate) mod assign;
+pub(crate) mod forward;
+pub(crate) mod grpc;
+pub(crate) mod http;
+pub(crate) mod leader;
+pub(crate) mod ops;
+pub(crate) mod resources;
+pub(crate) mod state;
+pub(crate) mod workers;
 
 use state::Inner;
 

@@ -25,7 +25,7 @@ enum Route {
     Forward(String),
 }
 
-pub(crate) fn now_nanos() -> i64 {
+pub fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

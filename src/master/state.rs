@@ -14,7 +14,7 @@ use crate::coord::registry::Registry;
 use crate::coord::snowflake::Snowflake;
 
 /// One leadership term of this master.
-pub(crate) struct Term {
+pub struct Term {
     /// The guard of every write of this term.
     pub fence: Fence,
     ready: watch::Sender<bool>,
@@ -22,7 +22,7 @@ pub(crate) struct Term {
 }
 
 impl Term {
-    pub(crate) fn new(fence: Fence) -> Arc<Self> {
+    pub fn new(fence: Fence) -> Arc<Self> {
         Arc::new(Self {
             fence,
             ready: watch::channel(false).0,
@@ -35,7 +35,7 @@ impl Term {
         *self.ready.borrow() && !self.is_ended()
     }
 
-    pub(crate) fn set_ready(&self) {
+    pub fn set_ready(&self) {
         self.ready.send_replace(true);
     }
 
@@ -66,7 +66,7 @@ impl Term {
 }
 
 /// State shared by the leader loop and the API servers.
-pub(crate) struct Inner {
+pub struct Inner {
     /// Master id.
     pub id: u64,
     /// The election value, `master<id>-<advertised grpc address>`.

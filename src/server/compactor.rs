@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// etcd's revision compactor period (`revInterval`).
-pub(crate) const REVISION_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
+pub const REVISION_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// etcd caps the periodic compactor's interval at one hour (`getCompactInterval`).
 const MAX_COMPACT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -81,7 +81,7 @@ pub enum RetentionError {
 /// Parse `--auto-compaction-retention` for `mode` as etcd does: a bare integer is hours
 /// (periodic) or revisions (revision), otherwise a Go duration (periodic only; etcd would turn
 /// `5m` into 300000000000 revisions, which is never what was meant, so that is refused).
-pub(crate) fn parse_retention(
+pub fn parse_retention(
     mode: CompactionMode,
     s: &str,
     revision_interval: Duration,
@@ -273,7 +273,7 @@ impl PeriodicWindow {
 }
 
 /// The running auto-compactor of one member.
-pub(crate) struct Compactor {
+pub struct Compactor {
     stop_tx: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -300,7 +300,7 @@ impl Compactor {
     }
 
     /// Stop the loop (a compaction in flight is abandoned; raft finishes or drops it).
-    pub(crate) fn stop(self) {
+    pub fn stop(self) {
         let _ = self.stop_tx.send(true);
         self.task.abort();
     }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 /// etcd's `lease.MaxLeaseTTL`: the largest TTL a lease may be granted with, seconds.
-pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+pub(crate) const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// How often the leader looks for expired leases.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
@@ -25,7 +25,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of lease operations (texts are etcd's).
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// The lease does not exist (gRPC NotFound).
     #[error("etcdserver: requested lease not found")]
     NotFound,
@@ -75,7 +75,7 @@ impl LeaseError {
 
 /// Remaining time of a lease.
 #[derive(Clone, Debug)]
-pub struct LeaseTtl {
+pub(crate) struct LeaseTtl {
     /// The lease asked about.
     pub id: i64,
     /// Remaining seconds; -1 when the lease does not exist.
@@ -88,7 +88,7 @@ pub struct LeaseTtl {
 
 /// Tunables of the lessor, derived from the raft timing flags.
 #[derive(Clone, Copy, Debug)]
-pub struct LessorConfig {
+pub(crate) struct LessorConfig {
     /// Smallest TTL a lease is granted with, seconds.
     pub min_ttl: i64,
     /// Extra time every lease gets when this member becomes leader (etcd: the election timeout),
@@ -99,7 +99,7 @@ pub struct LessorConfig {
 impl LessorConfig {
     /// etcd's rule: minimum TTL = ceil(1.5 × election timeout); extension on promotion = election
     /// timeout. Both timings in milliseconds.
-    pub fn from_timing(heartbeat_ms: u64, election_timeout_ms: u64) -> Self {
+    pub(crate) fn from_timing(heartbeat_ms: u64, election_timeout_ms: u64) -> Self {
         // etcd counts in heartbeat ticks: (3 * electionTicks / 2) * heartbeat.
         let hb = heartbeat_ms.max(1);
         let election_ticks = (election_timeout_ms / hb).max(1);
@@ -149,7 +149,7 @@ impl Lessor {
     }
 
     /// Start the lessor with explicit tunables (see `LessorConfig::from_timing`).
-    pub fn start_with(raft: RaftNode, cfg: LessorConfig) -> Arc<Self> {
+    pub(crate) fn start_with(raft: RaftNode, cfg: LessorConfig) -> Arc<Self> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let lessor = Arc::new(Self {
             raft: raft.clone(),
@@ -168,7 +168,7 @@ impl Lessor {
     }
 
     /// Grant a lease (`id` 0 = pick one). Returns (id, ttl) with the TTL raised to the minimum.
-    pub async fn grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), LeaseError> {
+    pub(crate) async fn grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), LeaseError> {
         if ttl > MAX_LEASE_TTL {
             return Err(LeaseError::TtlTooLarge);
         }
@@ -197,7 +197,7 @@ impl Lessor {
     }
 
     /// Revoke a lease and delete its keys.
-    pub async fn revoke(&self, id: i64) -> Result<(), LeaseError> {
+    pub(crate) async fn revoke(&self, id: i64) -> Result<(), LeaseError> {
         let resp = self.raft.write(Command::LeaseRevoke { id }).await?;
         self.clocks.lock().deadlines.remove(&id);
         match resp.result {
@@ -207,7 +207,7 @@ impl Lessor {
     }
 
     /// Renew a lease; returns the new TTL, or 0 if the lease is unknown.
-    pub async fn keep_alive(&self, id: i64) -> Result<i64, LeaseError> {
+    pub(crate) async fn keep_alive(&self, id: i64) -> Result<i64, LeaseError> {
         match self.leadership() {
             Leadership::Leader => self.keep_alive_local(id).await,
             Leadership::Follower(leader) => self.keep_alive_remote(leader, id).await,
@@ -216,7 +216,7 @@ impl Lessor {
     }
 
     /// Remaining TTL (and keys if asked).
-    pub async fn time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTtl, LeaseError> {
+    pub(crate) async fn time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTtl, LeaseError> {
         match self.leadership() {
             Leadership::Leader => self.time_to_live_local(id, keys).await,
             Leadership::Follower(leader) => self.time_to_live_remote(leader, id, keys).await,

@@ -49,7 +49,7 @@ impl Member {
 
     /// Start a member and serve etcd's core services plus those `extra` adds on the member's
     /// context (a higher layer's services, e.g. Election and Lock).
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         cfg: MemberConfig,
         extra: impl FnOnce(ApiContext, tonic::service::Routes) -> tonic::service::Routes,
     ) -> anyhow::Result<Member> {

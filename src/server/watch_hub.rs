@@ -57,7 +57,7 @@ pub struct WatchSpec {
 
 impl WatchSpec {
     /// True when `key` lies in this watcher's key range.
-    pub fn contains(&self, key: &[u8]) -> bool {
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
         if self.range_end.is_empty() {
             key == self.key.as_slice()
         } else if self.range_end == [0] {
@@ -68,7 +68,7 @@ impl WatchSpec {
     }
 
     /// True when this watcher wants `ev` (key range and NOPUT/NODELETE filters).
-    pub fn wants(&self, ev: &Event) -> bool {
+    pub(crate) fn wants(&self, ev: &Event) -> bool {
         let filtered = match ev.kind {
             EventType::Put => self.no_put,
             EventType::Delete => self.no_delete,

@@ -520,7 +520,7 @@ pub(crate) struct Withdraw {
 
 impl Withdraw {
     /// An armed guard for `key` created at `rev`.
-    pub(crate) fn new(ctx: &ApiContext, key: Vec<u8>, rev: i64) -> Self {
+    pub fn new(ctx: &ApiContext, key: Vec<u8>, rev: i64) -> Self {
         Self {
             ctx: ctx.clone(),
             key,

@@ -1,4 +1,4 @@
 //! Small helpers every floor shares, written once: URL and address parsing, time formatting.
 
-pub mod time;
-pub mod url;
+pub(crate) mod time;
+pub(crate) mod url;

@@ -78,7 +78,7 @@ pub enum UrlError {
 }
 
 /// Parse one `http://host:port` URL strictly.
-pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
+pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
     let s = s.trim();
     let (scheme, rest) = s
         .split_once("://")
@@ -127,7 +127,7 @@ pub fn parse_url(s: &str) -> Result<HttpUrl, UrlError> {
 }
 
 /// Parse a comma-separated URL list (at least one URL).
-pub fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
+pub(crate) fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
     let urls = s
         .split(',')
         .map(str::trim)
@@ -141,7 +141,7 @@ pub fn parse_url_list(s: &str) -> Result<UrlList, UrlError> {
 }
 
 /// Parse one `--peer-dial-override` value: `<advertised-url>=<dial-url>`, both `http://host:port`.
-pub fn parse_dial_override(s: &str) -> Result<(String, String), UrlError> {
+pub(crate) fn parse_dial_override(s: &str) -> Result<(String, String), UrlError> {
     let (from, to) = s.split_once('=').ok_or_else(|| UrlError::Form(s.into()))?;
     Ok((parse_url(from)?.to_string(), parse_url(to)?.to_string()))
 }

@@ -30,7 +30,7 @@ pub struct Health {
 }
 
 /// The routes, on the worker's shared state.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/tasks", get(tasks))
         .route("/health", get(health))

@@ -38,14 +38,14 @@ impl RetryPolicy {
     }
 
     /// How often failed runs are looked at.
-    pub(crate) fn tick(&self) -> Duration {
+    pub fn tick(&self) -> Duration {
         (self.base / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 }
 
 /// Where the retries of one resource's run stand.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RetryState {
+pub struct RetryState {
     /// Retries made so far.
     pub retries: u32,
     /// When the next one is due (set once a failure was seen).

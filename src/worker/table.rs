@@ -103,7 +103,7 @@ impl Entry {
 }
 
 /// State shared by the worker handle, its assignment loop and its HTTP API.
-pub(crate) struct Shared {
+pub struct Shared {
     pub(super) node_id: String,
     pub(super) advertise: String,
     /// Runs by resource key suffix (`/resources/<key>`).

@@ -11,7 +11,7 @@ use crate::util::url::parse_url;
 
 /// The Cluster service of one member.
 #[derive(Clone)]
-pub struct ClusterService {
+pub(crate) struct ClusterService {
     ctx: ApiContext,
 }
 
@@ -32,7 +32,7 @@ impl ClusterService {
 }
 
 /// Raft's member record → `etcdserverpb.Member`.
-pub fn member_to_proto(m: MemberInfo) -> pb::Member {
+pub(crate) fn member_to_proto(m: MemberInfo) -> pb::Member {
     pb::Member {
         id: m.id,
         name: m.name,

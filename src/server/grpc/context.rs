@@ -38,12 +38,12 @@ impl ApiContext {
     }
 
     /// A response header at the store's current revision.
-    pub fn header(&self) -> ResponseHeader {
+    pub(crate) fn header(&self) -> ResponseHeader {
         self.header_with_revision(self.raft.store().current_revision())
     }
 
     /// A response header carrying `revision` (e.g. the revision a write was applied at).
-    pub fn header_with_revision(&self, revision: i64) -> ResponseHeader {
+    pub(crate) fn header_with_revision(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.raft.cluster_id(),
             member_id: self.raft.id(),
@@ -54,7 +54,7 @@ impl ApiContext {
 
     /// Make a following read of the local store linearizable, unless the client asked for a
     /// serializable (possibly stale, local) read.
-    pub async fn read_guard(&self, serializable: bool) -> Result<(), Status> {
+    pub(crate) async fn read_guard(&self, serializable: bool) -> Result<(), Status> {
         if serializable {
             return Ok(());
         }
@@ -65,7 +65,7 @@ impl ApiContext {
     }
 
     /// Replicate `cmd` through raft and return the revision after it applied with its result.
-    pub async fn write(&self, cmd: Command) -> Result<(i64, CommandResult), Status> {
+    pub(crate) async fn write(&self, cmd: Command) -> Result<(i64, CommandResult), Status> {
         let resp = self
             .raft
             .write(cmd)
@@ -78,7 +78,7 @@ impl ApiContext {
     }
 
     /// `etcdserver: request is too large` when the encoded request exceeds `--max-request-bytes`.
-    pub fn check_request_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
+    pub(crate) fn check_request_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
         if msg.encoded_len() > self.limits.max_request_bytes {
             return Err(error::request_too_large());
         }
@@ -87,7 +87,7 @@ impl ApiContext {
 }
 
 /// A command result of an unexpected kind: a bug between layers, reported rather than panicking.
-pub fn unexpected_result(what: &str, got: &CommandResult) -> Status {
+pub(crate) fn unexpected_result(what: &str, got: &CommandResult) -> Status {
     Status::internal(format!(
         "etcdserver: unexpected apply result for {what}: {got:?}"
     ))

@@ -13,7 +13,7 @@ use super::error;
 // ---- KeyValue / Event -------------------------------------------------------------------------
 
 /// Store key-value → `mvccpb.KeyValue`.
-pub fn kv_to_proto(kv: st::KeyValue) -> mvccpb::KeyValue {
+pub(crate) fn kv_to_proto(kv: st::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key,
         create_revision: kv.create_revision,
@@ -25,7 +25,7 @@ pub fn kv_to_proto(kv: st::KeyValue) -> mvccpb::KeyValue {
 }
 
 /// `mvccpb.KeyValue` → store key-value.
-pub fn kv_from_proto(kv: mvccpb::KeyValue) -> st::KeyValue {
+pub(crate) fn kv_from_proto(kv: mvccpb::KeyValue) -> st::KeyValue {
     st::KeyValue {
         key: kv.key,
         create_revision: kv.create_revision,
@@ -37,7 +37,7 @@ pub fn kv_from_proto(kv: mvccpb::KeyValue) -> st::KeyValue {
 }
 
 /// Store event → `mvccpb.Event`; `prev_kv` is kept only when the watcher asked for it.
-pub fn event_to_proto(ev: st::Event, with_prev_kv: bool) -> mvccpb::Event {
+pub(crate) fn event_to_proto(ev: st::Event, with_prev_kv: bool) -> mvccpb::Event {
     let kind = match ev.kind {
         st::EventType::Put => mvccpb::event::EventType::Put,
         st::EventType::Delete => mvccpb::event::EventType::Delete,
@@ -54,7 +54,7 @@ pub fn event_to_proto(ev: st::Event, with_prev_kv: bool) -> mvccpb::Event {
 }
 
 /// `mvccpb.Event` → store event (unknown event type → InvalidArgument).
-pub fn event_from_proto(ev: mvccpb::Event) -> Result<st::Event, Status> {
+pub(crate) fn event_from_proto(ev: mvccpb::Event) -> Result<st::Event, Status> {
     let kind = match mvccpb::event::EventType::try_from(ev.r#type) {
         Ok(mvccpb::event::EventType::Put) => st::EventType::Put,
         Ok(mvccpb::event::EventType::Delete) => st::EventType::Delete,
@@ -70,7 +70,7 @@ pub fn event_from_proto(ev: mvccpb::Event) -> Result<st::Event, Status> {
 // ---- sort enums -------------------------------------------------------------------------------
 
 /// Proto sort order number → store sort order.
-pub fn sort_order_from_proto(v: i32) -> Result<st::SortOrder, Status> {
+pub(crate) fn sort_order_from_proto(v: i32) -> Result<st::SortOrder, Status> {
     match range_request::SortOrder::try_from(v) {
         Ok(range_request::SortOrder::None) => Ok(st::SortOrder::None),
         Ok(range_request::SortOrder::Ascend) => Ok(st::SortOrder::Ascend),
@@ -80,7 +80,7 @@ pub fn sort_order_from_proto(v: i32) -> Result<st::SortOrder, Status> {
 }
 
 /// Store sort order → proto number.
-pub fn sort_order_to_proto(v: st::SortOrder) -> i32 {
+pub(crate) fn sort_order_to_proto(v: st::SortOrder) -> i32 {
     (match v {
         st::SortOrder::None => range_request::SortOrder::None,
         st::SortOrder::Ascend => range_request::SortOrder::Ascend,
@@ -89,7 +89,7 @@ pub fn sort_order_to_proto(v: st::SortOrder) -> i32 {
 }
 
 /// Proto sort target number → store sort target.
-pub fn sort_target_from_proto(v: i32) -> Result<st::SortTarget, Status> {
+pub(crate) fn sort_target_from_proto(v: i32) -> Result<st::SortTarget, Status> {
     match range_request::SortTarget::try_from(v) {
         Ok(range_request::SortTarget::Key) => Ok(st::SortTarget::Key),
         Ok(range_request::SortTarget::Version) => Ok(st::SortTarget::Version),
@@ -101,7 +101,7 @@ pub fn sort_target_from_proto(v: i32) -> Result<st::SortTarget, Status> {
 }
 
 /// Store sort target → proto number.
-pub fn sort_target_to_proto(v: st::SortTarget) -> i32 {
+pub(crate) fn sort_target_to_proto(v: st::SortTarget) -> i32 {
     (match v {
         st::SortTarget::Key => range_request::SortTarget::Key,
         st::SortTarget::Version => range_request::SortTarget::Version,
@@ -114,7 +114,7 @@ pub fn sort_target_to_proto(v: st::SortTarget) -> i32 {
 // ---- requests: proto → store ------------------------------------------------------------------
 
 /// `RangeRequest` → store range request.
-pub fn range_from_proto(r: pb::RangeRequest) -> Result<st::RangeRequest, Status> {
+pub(crate) fn range_from_proto(r: pb::RangeRequest) -> Result<st::RangeRequest, Status> {
     Ok(st::RangeRequest {
         sort_order: sort_order_from_proto(r.sort_order)?,
         sort_target: sort_target_from_proto(r.sort_target)?,
@@ -133,7 +133,7 @@ pub fn range_from_proto(r: pb::RangeRequest) -> Result<st::RangeRequest, Status>
 }
 
 /// `PutRequest` → store put request.
-pub fn put_from_proto(r: pb::PutRequest) -> st::PutRequest {
+pub(crate) fn put_from_proto(r: pb::PutRequest) -> st::PutRequest {
     st::PutRequest {
         key: r.key,
         value: r.value,
@@ -145,7 +145,7 @@ pub fn put_from_proto(r: pb::PutRequest) -> st::PutRequest {
 }
 
 /// `DeleteRangeRequest` → store delete request.
-pub fn delete_from_proto(r: pb::DeleteRangeRequest) -> st::DeleteRangeRequest {
+pub(crate) fn delete_from_proto(r: pb::DeleteRangeRequest) -> st::DeleteRangeRequest {
     st::DeleteRangeRequest {
         key: r.key,
         range_end: r.range_end,
@@ -155,7 +155,7 @@ pub fn delete_from_proto(r: pb::DeleteRangeRequest) -> st::DeleteRangeRequest {
 
 /// `Compare` → store compare. Like etcd, the operand is read from the union field that matches
 /// `target`; a union set to another field counts as that field's zero value.
-pub fn compare_from_proto(c: pb::Compare) -> Result<st::Compare, Status> {
+pub(crate) fn compare_from_proto(c: pb::Compare) -> Result<st::Compare, Status> {
     let result = match compare::CompareResult::try_from(c.result) {
         Ok(compare::CompareResult::Equal) => st::CompareResult::Equal,
         Ok(compare::CompareResult::Greater) => st::CompareResult::Greater,
@@ -196,7 +196,7 @@ pub fn compare_from_proto(c: pb::Compare) -> Result<st::Compare, Status> {
 }
 
 /// `RequestOp` → store op (an empty op is etcd's `key not found`).
-pub fn request_op_from_proto(op: pb::RequestOp) -> Result<st::RequestOp, Status> {
+pub(crate) fn request_op_from_proto(op: pb::RequestOp) -> Result<st::RequestOp, Status> {
     Ok(match op.request {
         Some(request_op::Request::RequestRange(r)) => st::RequestOp::Range(range_from_proto(r)?),
         Some(request_op::Request::RequestPut(r)) => st::RequestOp::Put(put_from_proto(r)),
@@ -209,7 +209,7 @@ pub fn request_op_from_proto(op: pb::RequestOp) -> Result<st::RequestOp, Status>
 }
 
 /// `TxnRequest` → store txn.
-pub fn txn_from_proto(t: pb::TxnRequest) -> Result<st::TxnRequest, Status> {
+pub(crate) fn txn_from_proto(t: pb::TxnRequest) -> Result<st::TxnRequest, Status> {
     Ok(st::TxnRequest {
         compare: t
             .compare
@@ -232,7 +232,7 @@ pub fn txn_from_proto(t: pb::TxnRequest) -> Result<st::TxnRequest, Status> {
 // ---- requests: store → proto (for in-process clients and tests) --------------------------------
 
 /// Store range request → `RangeRequest`.
-pub fn range_to_proto(r: st::RangeRequest) -> pb::RangeRequest {
+pub(crate) fn range_to_proto(r: st::RangeRequest) -> pb::RangeRequest {
     pb::RangeRequest {
         key: r.key,
         range_end: r.range_end,
@@ -251,7 +251,7 @@ pub fn range_to_proto(r: st::RangeRequest) -> pb::RangeRequest {
 }
 
 /// Store put request → `PutRequest`.
-pub fn put_to_proto(r: st::PutRequest) -> pb::PutRequest {
+pub(crate) fn put_to_proto(r: st::PutRequest) -> pb::PutRequest {
     pb::PutRequest {
         key: r.key,
         value: r.value,
@@ -263,7 +263,7 @@ pub fn put_to_proto(r: st::PutRequest) -> pb::PutRequest {
 }
 
 /// Store delete request → `DeleteRangeRequest`.
-pub fn delete_to_proto(r: st::DeleteRangeRequest) -> pb::DeleteRangeRequest {
+pub(crate) fn delete_to_proto(r: st::DeleteRangeRequest) -> pb::DeleteRangeRequest {
     pb::DeleteRangeRequest {
         key: r.key,
         range_end: r.range_end,
@@ -272,7 +272,7 @@ pub fn delete_to_proto(r: st::DeleteRangeRequest) -> pb::DeleteRangeRequest {
 }
 
 /// Store compare → `Compare`.
-pub fn compare_to_proto(c: st::Compare) -> pb::Compare {
+pub(crate) fn compare_to_proto(c: st::Compare) -> pb::Compare {
     let result = match c.result {
         st::CompareResult::Equal => compare::CompareResult::Equal,
         st::CompareResult::Greater => compare::CompareResult::Greater,
@@ -311,7 +311,7 @@ pub fn compare_to_proto(c: st::Compare) -> pb::Compare {
 }
 
 /// Store op → `RequestOp`.
-pub fn request_op_to_proto(op: st::RequestOp) -> pb::RequestOp {
+pub(crate) fn request_op_to_proto(op: st::RequestOp) -> pb::RequestOp {
     let request = match op {
         st::RequestOp::Range(r) => request_op::Request::RequestRange(range_to_proto(r)),
         st::RequestOp::Put(r) => request_op::Request::RequestPut(put_to_proto(r)),
@@ -326,7 +326,7 @@ pub fn request_op_to_proto(op: st::RequestOp) -> pb::RequestOp {
 }
 
 /// Store txn → `TxnRequest`.
-pub fn txn_to_proto(t: st::TxnRequest) -> pb::TxnRequest {
+pub(crate) fn txn_to_proto(t: st::TxnRequest) -> pb::TxnRequest {
     pb::TxnRequest {
         compare: t.compare.into_iter().map(compare_to_proto).collect(),
         success: t.success.into_iter().map(request_op_to_proto).collect(),
@@ -337,7 +337,10 @@ pub fn txn_to_proto(t: st::TxnRequest) -> pb::TxnRequest {
 // ---- responses: store → proto -----------------------------------------------------------------
 
 /// Store range response → `RangeResponse` with `header`.
-pub fn range_resp_to_proto(r: st::RangeResponse, header: pb::ResponseHeader) -> pb::RangeResponse {
+pub(crate) fn range_resp_to_proto(
+    r: st::RangeResponse,
+    header: pb::ResponseHeader,
+) -> pb::RangeResponse {
     pb::RangeResponse {
         header: Some(header),
         kvs: r.kvs.into_iter().map(kv_to_proto).collect(),
@@ -347,7 +350,7 @@ pub fn range_resp_to_proto(r: st::RangeResponse, header: pb::ResponseHeader) -> 
 }
 
 /// Store put response → `PutResponse` with `header`.
-pub fn put_resp_to_proto(r: st::PutResponse, header: pb::ResponseHeader) -> pb::PutResponse {
+pub(crate) fn put_resp_to_proto(r: st::PutResponse, header: pb::ResponseHeader) -> pb::PutResponse {
     pb::PutResponse {
         header: Some(header),
         prev_kv: r.prev_kv.map(kv_to_proto),
@@ -355,7 +358,7 @@ pub fn put_resp_to_proto(r: st::PutResponse, header: pb::ResponseHeader) -> pb::
 }
 
 /// Store delete response → `DeleteRangeResponse` with `header`.
-pub fn delete_resp_to_proto(
+pub(crate) fn delete_resp_to_proto(
     r: st::DeleteRangeResponse,
     header: pb::ResponseHeader,
 ) -> pb::DeleteRangeResponse {
@@ -368,7 +371,7 @@ pub fn delete_resp_to_proto(
 
 /// Store txn response → `TxnResponse`; nested responses get the same header so that clients
 /// which dereference any header find one.
-pub fn txn_resp_to_proto(r: st::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
+pub(crate) fn txn_resp_to_proto(r: st::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
     pb::TxnResponse {
         succeeded: r.succeeded,
         responses: r
@@ -381,7 +384,10 @@ pub fn txn_resp_to_proto(r: st::TxnResponse, header: pb::ResponseHeader) -> pb::
 }
 
 /// Store op result → `ResponseOp` with `header` on the inner response.
-pub fn response_op_to_proto(op: st::ResponseOp, header: pb::ResponseHeader) -> pb::ResponseOp {
+pub(crate) fn response_op_to_proto(
+    op: st::ResponseOp,
+    header: pb::ResponseHeader,
+) -> pb::ResponseOp {
     let response = match op {
         st::ResponseOp::Range(r) => {
             response_op::Response::ResponseRange(range_resp_to_proto(r, header))
@@ -400,7 +406,7 @@ pub fn response_op_to_proto(op: st::ResponseOp, header: pb::ResponseHeader) -> p
 // ---- responses: proto → store (for clients) ---------------------------------------------------
 
 /// `RangeResponse` → store range response.
-pub fn range_resp_from_proto(r: pb::RangeResponse) -> st::RangeResponse {
+pub(crate) fn range_resp_from_proto(r: pb::RangeResponse) -> st::RangeResponse {
     st::RangeResponse {
         kvs: r.kvs.into_iter().map(kv_from_proto).collect(),
         more: r.more,
@@ -409,14 +415,14 @@ pub fn range_resp_from_proto(r: pb::RangeResponse) -> st::RangeResponse {
 }
 
 /// `PutResponse` → store put response.
-pub fn put_resp_from_proto(r: pb::PutResponse) -> st::PutResponse {
+pub(crate) fn put_resp_from_proto(r: pb::PutResponse) -> st::PutResponse {
     st::PutResponse {
         prev_kv: r.prev_kv.map(kv_from_proto),
     }
 }
 
 /// `DeleteRangeResponse` → store delete response.
-pub fn delete_resp_from_proto(r: pb::DeleteRangeResponse) -> st::DeleteRangeResponse {
+pub(crate) fn delete_resp_from_proto(r: pb::DeleteRangeResponse) -> st::DeleteRangeResponse {
     st::DeleteRangeResponse {
         deleted: r.deleted,
         prev_kvs: r.prev_kvs.into_iter().map(kv_from_proto).collect(),
@@ -424,7 +430,7 @@ pub fn delete_resp_from_proto(r: pb::DeleteRangeResponse) -> st::DeleteRangeResp
 }
 
 /// `TxnResponse` → store txn response (an empty `ResponseOp` is a protocol error).
-pub fn txn_resp_from_proto(r: pb::TxnResponse) -> Result<st::TxnResponse, Status> {
+pub(crate) fn txn_resp_from_proto(r: pb::TxnResponse) -> Result<st::TxnResponse, Status> {
     Ok(st::TxnResponse {
         succeeded: r.succeeded,
         responses: r
@@ -436,7 +442,7 @@ pub fn txn_resp_from_proto(r: pb::TxnResponse) -> Result<st::TxnResponse, Status
 }
 
 /// `ResponseOp` → store op result.
-pub fn response_op_from_proto(op: pb::ResponseOp) -> Result<st::ResponseOp, Status> {
+pub(crate) fn response_op_from_proto(op: pb::ResponseOp) -> Result<st::ResponseOp, Status> {
     Ok(match op.response {
         Some(response_op::Response::ResponseRange(r)) => {
             st::ResponseOp::Range(range_resp_from_proto(r))

@@ -8,141 +8,121 @@ use tonic::{Code, Status};
 use crate::server::lessor::LeaseError;
 
 /// `etcdserver: key is not provided` (InvalidArgument).
-pub fn empty_key() -> Status {
+pub(crate) fn empty_key() -> Status {
     Status::invalid_argument("etcdserver: key is not provided")
 }
 
 /// `etcdserver: key not found` (InvalidArgument); etcd also answers it for an empty txn op.
-pub fn key_not_found() -> Status {
+pub(crate) fn key_not_found() -> Status {
     Status::invalid_argument("etcdserver: key not found")
 }
 
 /// `etcdserver: value is provided` (InvalidArgument): `ignore_value` with a value.
-pub fn value_provided() -> Status {
+pub(crate) fn value_provided() -> Status {
     Status::invalid_argument("etcdserver: value is provided")
 }
 
 /// `etcdserver: lease is provided` (InvalidArgument): `ignore_lease` with a lease.
-pub fn lease_provided() -> Status {
+pub(crate) fn lease_provided() -> Status {
     Status::invalid_argument("etcdserver: lease is provided")
 }
 
 /// `etcdserver: too many operations in txn request` (InvalidArgument).
-pub fn too_many_ops() -> Status {
+pub(crate) fn too_many_ops() -> Status {
     Status::invalid_argument("etcdserver: too many operations in txn request")
 }
 
 /// `etcdserver: duplicate key given in txn request` (InvalidArgument).
-pub fn duplicate_key() -> Status {
+pub(crate) fn duplicate_key() -> Status {
     Status::invalid_argument("etcdserver: duplicate key given in txn request")
 }
 
 /// `etcdserver: mvcc: required revision has been compacted` (OutOfRange).
-pub fn compacted() -> Status {
+pub(crate) fn compacted() -> Status {
     Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
 }
 
 /// `etcdserver: mvcc: required revision is a future revision` (OutOfRange).
-pub fn future_rev() -> Status {
+pub(crate) fn future_rev() -> Status {
     Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
 }
 
 /// `etcdserver: requested lease not found` (NotFound).
-pub fn lease_not_found() -> Status {
+pub(crate) fn lease_not_found() -> Status {
     Status::not_found("etcdserver: requested lease not found")
 }
 
 /// `etcdserver: lease already exists` (FailedPrecondition).
-pub fn lease_exist() -> Status {
+pub(crate) fn lease_exist() -> Status {
     Status::failed_precondition("etcdserver: lease already exists")
 }
 
 /// `etcdserver: too large lease TTL` (OutOfRange).
-pub fn lease_ttl_too_large() -> Status {
+pub(crate) fn lease_ttl_too_large() -> Status {
     Status::out_of_range("etcdserver: too large lease TTL")
 }
 
-/// `etcdserver: member ID already exist` (FailedPrecondition).
-pub fn member_exist() -> Status {
-    Status::failed_precondition("etcdserver: member ID already exist")
-}
-
 /// `etcdserver: Peer URLs already exists` (FailedPrecondition).
-pub fn peer_url_exist() -> Status {
+pub(crate) fn peer_url_exist() -> Status {
     Status::failed_precondition("etcdserver: Peer URLs already exists")
 }
 
 /// `etcdserver: re-configuration failed due to not enough started members` (FailedPrecondition).
-pub fn member_not_enough_started() -> Status {
+pub(crate) fn member_not_enough_started() -> Status {
     Status::failed_precondition(
         "etcdserver: re-configuration failed due to not enough started members",
     )
 }
 
 /// `etcdserver: given member URLs are invalid` (InvalidArgument).
-pub fn member_bad_urls() -> Status {
+pub(crate) fn member_bad_urls() -> Status {
     Status::invalid_argument("etcdserver: given member URLs are invalid")
 }
 
 /// `etcdserver: member not found` (NotFound).
-pub fn member_not_found() -> Status {
+pub(crate) fn member_not_found() -> Status {
     Status::not_found("etcdserver: member not found")
 }
 
 /// `etcdserver: can only promote a learner member` (FailedPrecondition).
-pub fn member_not_learner() -> Status {
+pub(crate) fn member_not_learner() -> Status {
     Status::failed_precondition("etcdserver: can only promote a learner member")
 }
 
 /// `etcdserver: can only promote a learner member which is in sync with leader` (FailedPrecondition).
-pub fn learner_not_ready() -> Status {
+pub(crate) fn learner_not_ready() -> Status {
     Status::failed_precondition(
         "etcdserver: can only promote a learner member which is in sync with leader",
     )
 }
 
 /// `etcdserver: request is too large` (InvalidArgument).
-pub fn request_too_large() -> Status {
+pub(crate) fn request_too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
 }
 
 /// `etcdserver: no leader` (Unavailable).
-pub fn no_leader() -> Status {
+pub(crate) fn no_leader() -> Status {
     Status::unavailable("etcdserver: no leader")
 }
 
-/// `etcdserver: not capable` (Unavailable).
-pub fn not_capable() -> Status {
-    Status::unavailable("etcdserver: not capable")
-}
-
 /// `etcdserver: server stopped` (Unavailable).
-pub fn stopped() -> Status {
+pub(crate) fn stopped() -> Status {
     Status::unavailable("etcdserver: server stopped")
 }
 
 /// `etcdserver: request timed out` (Unavailable).
-pub fn timeout() -> Status {
+pub(crate) fn timeout() -> Status {
     Status::unavailable("etcdserver: request timed out")
 }
 
-/// `etcdserver: rpc not supported for learner` (Unavailable).
-pub fn not_supported_for_learner() -> Status {
-    Status::unavailable("etcdserver: rpc not supported for learner")
-}
-
-/// `etcdserver: bad leader transferee` (FailedPrecondition).
-pub fn bad_leader_transferee() -> Status {
-    Status::failed_precondition("etcdserver: bad leader transferee")
-}
-
 /// A request field carries a value this server does not know (e.g. an unknown enum number).
-pub fn invalid_field(what: &str) -> Status {
+pub(crate) fn invalid_field(what: &str) -> Status {
     Status::invalid_argument(format!("etcdserver: invalid {what}"))
 }
 
 /// A store error as etcd reports it.
-pub fn status_from_apply(err: &ApplyError) -> Status {
+pub(crate) fn status_from_apply(err: &ApplyError) -> Status {
     match err {
         ApplyError::Compacted => compacted(),
         ApplyError::FutureRevision => future_rev(),
@@ -156,7 +136,7 @@ pub fn status_from_apply(err: &ApplyError) -> Status {
 
 /// A raft-layer error as etcd reports it; unknown failures become `Unknown` like etcd's
 /// `togRPCError` fallback.
-pub fn status_from_raft(err: &RaftError) -> Status {
+pub(crate) fn status_from_raft(err: &RaftError) -> Status {
     match err {
         RaftError::NoLeader => no_leader(),
         RaftError::Timeout => timeout(),
@@ -173,7 +153,7 @@ pub fn status_from_raft(err: &RaftError) -> Status {
 }
 
 /// A lessor error as etcd reports it.
-pub fn status_from_lease(err: &LeaseError) -> Status {
+pub(crate) fn status_from_lease(err: &LeaseError) -> Status {
     match err {
         LeaseError::NotFound => lease_not_found(),
         LeaseError::Exists => lease_exist(),

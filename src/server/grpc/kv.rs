@@ -17,7 +17,7 @@ use super::{convert, error};
 
 /// The KV service of one member.
 #[derive(Clone)]
-pub struct KvService {
+pub(crate) struct KvService {
     ctx: ApiContext,
 }
 

@@ -23,7 +23,7 @@ type KeepAliveStream =
 
 /// The Lease service of one member.
 #[derive(Clone)]
-pub struct LeaseService {
+pub(crate) struct LeaseService {
     ctx: ApiContext,
 }
 

@@ -11,11 +11,11 @@ use tonic::{Request, Response, Status};
 use super::context::ApiContext;
 
 /// The server version reported by `Status` (the etcd API level we serve).
-pub const SERVER_VERSION: &str = "3.5.0";
+pub(crate) const SERVER_VERSION: &str = "3.5.0";
 
 /// The Maintenance service of one member.
 #[derive(Clone)]
-pub struct MaintenanceService {
+pub(crate) struct MaintenanceService {
     ctx: ApiContext,
 }
 
@@ -27,7 +27,8 @@ impl MaintenanceService {
 }
 
 /// Stream type of `Snapshot` (never produced: the RPC is unimplemented).
-pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+pub(crate) type SnapshotStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {

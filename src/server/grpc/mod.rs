@@ -3,14 +3,14 @@
 //! `context.rs` (shared ApiContext + headers), `error.rs` (etcd's status catalogue),
 //! `convert.rs` (proto ⇄ store types), one file per service.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod context;
-pub mod convert;
-pub mod error;
-pub mod kv;
-pub mod lease;
-pub mod maintenance;
-pub mod validate;
+pub(crate) mod convert;
+pub(crate) mod error;
+pub(crate) mod kv;
+pub(crate) mod lease;
+pub(crate) mod maintenance;
+pub(crate) mod validate;
 pub mod watch;
 
 pub use context::ApiContext;
@@ -24,11 +24,11 @@ use crawler_proto::etcdserverpb::watch_server::WatchServer;
 /// Extra bytes gRPC may decode beyond `--max-request-bytes` (etcd's `grpcOverheadBytes`), so an
 /// oversized request reaches the handler and gets etcd's "request is too large" instead of a
 /// transport error.
-pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// etcd's core services of one member (KV, Watch, Lease, Cluster, Maintenance), ready to be
 /// served by tonic; Election and Lock are added by `crate::services`.
-pub fn router(ctx: ApiContext) -> tonic::service::Routes {
+pub(crate) fn router(ctx: ApiContext) -> tonic::service::Routes {
     let max = ctx
         .limits
         .max_request_bytes

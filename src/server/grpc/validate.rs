@@ -10,7 +10,7 @@ use tonic::Status;
 use super::error;
 
 /// etcd's `checkRangeRequest`.
-pub fn check_range(r: &st::RangeRequest) -> Result<(), Status> {
+pub(crate) fn check_range(r: &st::RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(error::empty_key());
     }
@@ -18,7 +18,7 @@ pub fn check_range(r: &st::RangeRequest) -> Result<(), Status> {
 }
 
 /// etcd's `checkPutRequest`.
-pub fn check_put(r: &st::PutRequest) -> Result<(), Status> {
+pub(crate) fn check_put(r: &st::PutRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(error::empty_key());
     }
@@ -32,7 +32,7 @@ pub fn check_put(r: &st::PutRequest) -> Result<(), Status> {
 }
 
 /// etcd's `checkDeleteRequest`.
-pub fn check_delete(r: &st::DeleteRangeRequest) -> Result<(), Status> {
+pub(crate) fn check_delete(r: &st::DeleteRangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(error::empty_key());
     }
@@ -41,7 +41,7 @@ pub fn check_delete(r: &st::DeleteRangeRequest) -> Result<(), Status> {
 
 /// etcd's `checkTxnRequest`: op counts per branch (nested txns get what the parent left),
 /// non-empty keys everywhere, no empty ops.
-pub fn check_txn(r: &st::TxnRequest, max_txn_ops: usize) -> Result<(), Status> {
+pub(crate) fn check_txn(r: &st::TxnRequest, max_txn_ops: usize) -> Result<(), Status> {
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
     if opc > max_txn_ops {
         return Err(error::too_many_ops());
@@ -65,7 +65,7 @@ fn check_request_op(op: &st::RequestOp, max_txn_ops: usize) -> Result<(), Status
 }
 
 /// etcd's `isTxnSerializable`: every top-level op of both branches is a serializable range.
-pub fn txn_is_serializable(r: &st::TxnRequest) -> bool {
+pub(crate) fn txn_is_serializable(r: &st::TxnRequest) -> bool {
     r.success
         .iter()
         .chain(r.failure.iter())
@@ -136,7 +136,7 @@ impl IntervalSet {
 ///
 /// Like etcd, a delete's `range_end` is taken literally as an interval end, so `"\0"` (all keys
 /// from `key`) yields an empty interval and is not checked against puts.
-pub fn check_intervals(reqs: &[st::RequestOp]) -> Result<HashSet<Vec<u8>>, Status> {
+pub(crate) fn check_intervals(reqs: &[st::RequestOp]) -> Result<HashSet<Vec<u8>>, Status> {
     check_intervals_inner(reqs).map(|(puts, _)| puts)
 }
 

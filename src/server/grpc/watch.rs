@@ -27,13 +27,13 @@ use super::convert::event_to_proto;
 use crate::server::watch_hub::{Delivery, WatchSpec};
 
 /// etcd's default interval between progress notifications of idle `progress_notify` watchers.
-pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// etcd's lower bound for the progress notification interval.
 const MIN_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Environment variable overriding the progress notification interval (milliseconds), for tests.
-pub const PROGRESS_NOTIFY_INTERVAL_ENV: &str = "CRAWLER_PROGRESS_NOTIFY_INTERVAL_MS";
+pub(crate) const PROGRESS_NOTIFY_INTERVAL_ENV: &str = "CRAWLER_PROGRESS_NOTIFY_INTERVAL_MS";
 
 /// How often a deferred `WatchProgressRequest` is retried while some watcher is still unsynced.
 const PROGRESS_RETRY: Duration = Duration::from_millis(50);
