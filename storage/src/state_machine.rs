@@ -13,12 +13,19 @@
 //! entries after the applied id it reads back at start, so a crash only costs replay. A snapshot
 //! writes and flushes everything (with `open_synced` also fdatasyncs) before it is handed to
 //! openraft, which may purge the log up to it. Dropping the state machine writes what is left.
+//!
+//! This file wires the store to openraft; the MVCC store itself is `state` (memory and its
+//! persistence), `read`, `write` and `apply` (log entries to commands).
 
+mod apply;
 mod codec;
+mod fault;
 mod index;
 mod lease;
+mod read;
 mod snapshot;
-mod store;
+mod state;
+mod write;
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -35,8 +42,11 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{ApplyError, StoreError};
 use crate::types::*;
 
-pub use store::PersistPolicy;
-use store::{Fault, Item, State, View};
+use apply::Item;
+use fault::Fault;
+use read::View;
+pub use state::PersistPolicy;
+use state::State;
 
 /// Name of the sled tree holding the state machine rows.
 pub const SM_TREE: &str = "sm";
@@ -77,7 +87,7 @@ impl Shared {
     fn apply(&self, items: Vec<(LogId<u64>, Item)>) -> Result<Vec<ApplyResponse>, StoreError> {
         let (responses, notify) = {
             let mut st = self.state.write();
-            let staged = match store::apply_entries(&mut st, &self.tree, items) {
+            let staged = match apply::apply_entries(&mut st, &self.tree, items) {
                 Ok(done) if st.persist_due(&self.persist_policy.lock()) => {
                     st.persist(&self.tree).map(|()| done)
                 }
