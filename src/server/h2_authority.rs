@@ -7,10 +7,13 @@
 //! [`AuthorityShim`] wraps each accepted client connection and rewrites such authorities to
 //! `host:port` on their way to the server.
 //!
-//! HPACK is stateful, so every header block of the connection is decoded with the client's
-//! dynamic table and re-encoded without any dynamic table (static-table references and literals
-//! "without indexing" only): the server's decoder table stays empty and so always consistent.
-//! All other frames pass through byte for byte; server→client bytes are not touched at all.
+//! A grpc-go client sends one authority on every stream of a connection, so the first header
+//! block decides: without a URL authority there, the block and everything after it pass through
+//! untouched (every client but those etcdctl commands). Otherwise HPACK's state forces a
+//! rewrite of the whole connection: every header block is decoded with the client's dynamic
+//! table and re-encoded without any dynamic table (static-table references and literals
+//! "without indexing" only), so the server's decoder table stays empty and always consistent.
+//! Other frames pass through byte for byte; server→client bytes are not touched at all.
 
 use std::borrow::Cow;
 use std::io;
@@ -163,7 +166,8 @@ enum Step {
 enum State {
     /// Inside the connection preface, `matched` bytes of it seen.
     Preface { matched: usize },
-    /// Not HTTP/2 with prior knowledge: pass everything (the server will refuse it).
+    /// Not HTTP/2 with prior knowledge (the server will refuse it), or no URL authority in the
+    /// first header block: pass everything.
     Transparent,
     /// At a frame boundary.
     FrameHeader,
@@ -171,6 +175,7 @@ enum State {
     Pass { remaining: usize },
     /// Waiting for the whole payload of a HEADERS or CONTINUATION frame.
     Collect {
+        head: [u8; FRAME_HEADER_LEN],
         ty: u8,
         flags: u8,
         stream: u32,
@@ -293,6 +298,7 @@ impl Rewriter {
                             return Err(format!("header frame of {len} bytes is too large"));
                         }
                         self.state = State::Collect {
+                            head,
                             ty,
                             flags,
                             stream,
@@ -330,6 +336,7 @@ impl Rewriter {
                     };
                 }
                 State::Collect {
+                    head,
                     ty,
                     flags,
                     stream,
@@ -339,10 +346,21 @@ impl Rewriter {
                         return Ok(Step::NeedInput);
                     }
                     let payload = &self.buf[self.start..self.start + len];
-                    self.hpack
-                        .frame(&mut self.out, ty, flags, stream, payload)?;
+                    let next = self.hpack.frame(
+                        &mut self.out,
+                        Frame {
+                            head: &head,
+                            ty,
+                            flags,
+                            stream,
+                            payload,
+                        },
+                    )?;
                     self.start += len;
-                    self.state = State::FrameHeader;
+                    self.state = match next {
+                        Next::Frames => State::FrameHeader,
+                        Next::PassRest => State::Transparent,
+                    };
                 }
             }
         }
@@ -355,6 +373,23 @@ impl Rewriter {
         self.start += n;
         n
     }
+}
+
+/// One HEADERS or CONTINUATION frame as read: its raw header and payload, and the parsed fields.
+struct Frame<'a> {
+    head: &'a [u8; FRAME_HEADER_LEN],
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    payload: &'a [u8],
+}
+
+/// What follows a header frame.
+enum Next {
+    /// More frames to parse.
+    Frames,
+    /// The first header block carried no URL authority: the rest of the connection passes.
+    PassRest,
 }
 
 /// A HEADERS frame whose header block is not complete yet.
@@ -373,10 +408,10 @@ struct Hpack {
     open: Option<OpenBlock>,
     /// Scratch for the re-encoded block.
     encoded: Vec<u8>,
-    /// Scratch for the block with Huffman strings made raw (see `unhuffman`).
-    raw: Vec<u8>,
-    /// Scratch for one Huffman-decoded string.
-    huff: Vec<u8>,
+    /// Set once a header block carried a URL authority; until then (the first block) its
+    /// frames are also kept as read, in `verbatim`, to pass on untouched if it has none.
+    rewriting: bool,
+    verbatim: Vec<u8>,
 }
 
 impl Hpack {
@@ -388,21 +423,25 @@ impl Hpack {
             block: Vec::new(),
             open: None,
             encoded: Vec::new(),
-            raw: Vec::new(),
-            huff: Vec::new(),
+            rewriting: false,
+            verbatim: Vec::new(),
         }
     }
 
     /// Take one HEADERS or CONTINUATION frame; once its block is complete, append the
-    /// rewritten frames to `out`.
-    fn frame(
-        &mut self,
-        out: &mut Vec<u8>,
-        ty: u8,
-        flags: u8,
-        stream: u32,
-        payload: &[u8],
-    ) -> Result<(), String> {
+    /// rewritten frames (or the first block as read) to `out`.
+    fn frame(&mut self, out: &mut Vec<u8>, frame: Frame<'_>) -> Result<Next, String> {
+        let Frame {
+            head,
+            ty,
+            flags,
+            stream,
+            payload,
+        } = frame;
+        if !self.rewriting {
+            self.verbatim.extend_from_slice(head);
+            self.verbatim.extend_from_slice(payload);
+        }
         if ty == TYPE_HEADERS {
             if self.open.is_some() {
                 return Err("HEADERS inside an open header block".to_string());
@@ -456,12 +495,22 @@ impl Hpack {
             self.block.extend_from_slice(payload);
         }
         if flags & FLAG_END_HEADERS == 0 {
-            return Ok(());
+            return Ok(Next::Frames);
         }
         let Some(open) = self.open.take() else {
             return Err("header block ended twice".to_string());
         };
-        self.reencode()?;
+        let url_authority = self.reencode()?;
+        if !self.rewriting && !url_authority {
+            // The server decodes the first block itself, from the same empty table.
+            out.append(&mut self.verbatim);
+            self.verbatim = Vec::new();
+            self.block = Vec::new();
+            self.encoded = Vec::new();
+            return Ok(Next::PassRest);
+        }
+        self.rewriting = true;
+        self.verbatim = Vec::new();
         emit_block(out, &open, &self.encoded);
         if self.block.capacity() > 4 * MAX_FRAME_PAYLOAD {
             self.block = Vec::new();
@@ -469,32 +518,25 @@ impl Hpack {
         if self.encoded.capacity() > 4 * MAX_FRAME_PAYLOAD {
             self.encoded = Vec::new();
         }
-        if self.raw.capacity() > 4 * MAX_FRAME_PAYLOAD {
-            self.raw = Vec::new();
-        }
-        Ok(())
+        Ok(Next::Frames)
     }
 
-    /// Decode `block` (updating the client's table) into `encoded`, table-free.
-    fn reencode(&mut self) -> Result<(), String> {
-        // loona-hpack builds a hash-map Huffman decoder for every Huffman string (~15 µs);
-        // hand it raw strings instead.
-        let block: &[u8] = if unhuffman(&self.block, &mut self.raw, &mut self.huff)? {
-            &self.raw
-        } else {
-            &self.block
-        };
+    /// Decode `block` (updating the client's table) into `encoded`, table-free; returns
+    /// whether it carried a URL authority.
+    fn reencode(&mut self) -> Result<bool, String> {
         let encoded = &mut self.encoded;
         encoded.clear();
         let mut decoded = 0usize;
+        let mut url_authority = false;
         self.decoder
-            .decode_with_cb(block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
+            .decode_with_cb(&self.block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
                 decoded = decoded.saturating_add(name.len() + value.len() + 32);
                 if decoded > MAX_DECODED {
                     return;
                 }
                 if &name[..] == b":authority" {
                     let host = rewrite_authority(&value);
+                    url_authority |= host.len() != value.len();
                     // `unix:///path` leaves no host: no authority is better than a bad one.
                     if !host.is_empty() {
                         encode_field(encoded, &name, host);
@@ -507,174 +549,8 @@ impl Hpack {
         if decoded > MAX_DECODED {
             return Err(format!("decoded header list over {MAX_DECODED} bytes"));
         }
-        Ok(())
+        Ok(url_authority)
     }
-}
-
-/// Copy `block` into `raw` with every Huffman-coded string literal replaced by the same string
-/// uncoded; returns false (and leaves `raw` unspecified) when the block has none. Only the
-/// framing of each representation is parsed here (RFC 7541 §6); table semantics stay with
-/// the HPACK decoder.
-fn unhuffman(block: &[u8], raw: &mut Vec<u8>, huff: &mut Vec<u8>) -> Result<bool, String> {
-    let mut copied = 0;
-    let mut i = 0;
-    while i < block.len() {
-        let first = block[i];
-        let (prefix, strings) = if first & 0x80 != 0 {
-            (7, false) // indexed field
-        } else if first & 0xc0 == 0x40 {
-            (6, true) // literal with incremental indexing
-        } else if first & 0xe0 == 0x20 {
-            (5, false) // dynamic table size update
-        } else {
-            (4, true) // literal without indexing / never indexed
-        };
-        let (index, n) = decode_int(&block[i..], prefix)?;
-        i += n;
-        if !strings {
-            continue;
-        }
-        let mut fields = if index == 0 { 2 } else { 1 }; // literal name, then value
-        while fields > 0 {
-            fields -= 1;
-            let start = i;
-            let is_huffman = *block.get(i).ok_or("truncated header block")? & 0x80 != 0;
-            let (len, n) = decode_int(&block[i..], 7)?;
-            let end = (i + n)
-                .checked_add(len)
-                .filter(|&e| e <= block.len())
-                .ok_or("string literal past the end of the header block")?;
-            if is_huffman {
-                if copied == 0 {
-                    raw.clear();
-                }
-                raw.extend_from_slice(&block[copied..start]);
-                huff.clear();
-                huffman_decode(&block[i + n..end], huff)?;
-                encode_str(raw, huff);
-                copied = end;
-            }
-            i = end;
-        }
-    }
-    if copied == 0 {
-        return Ok(false);
-    }
-    raw.extend_from_slice(&block[copied..]);
-    Ok(true)
-}
-
-/// HPACK integer with an N-bit prefix (RFC 7541 §5.1): (value, bytes used).
-fn decode_int(buf: &[u8], prefix_bits: u8) -> Result<(usize, usize), String> {
-    const TRUNCATED: &str = "truncated integer in header block";
-    let max = (1usize << prefix_bits) - 1;
-    let mut value = usize::from(*buf.first().ok_or(TRUNCATED)?) & max;
-    if value < max {
-        return Ok((value, 1));
-    }
-    // Four continuation bytes are 28 bits: more than any sane length or index.
-    for (k, &b) in buf.iter().enumerate().skip(1).take(4) {
-        value += usize::from(b & 0x7f) << (7 * (k - 1));
-        if b & 0x80 == 0 {
-            return Ok((value, k + 1));
-        }
-    }
-    if buf.len() > 5 {
-        return Err("integer too large in header block".to_string());
-    }
-    Err(TRUNCATED.to_string())
-}
-
-/// HPACK Huffman code length of each symbol (RFC 7541 Appendix B; 256 = EOS). The code is
-/// canonical, so the lengths alone determine the codes.
-const HUFFMAN_LENGTHS: [u8; 257] = [
-    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, //
-    28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28, //
-    6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, //
-    5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, //
-    13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, //
-    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, //
-    15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6, 6, 5, //
-    6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, //
-    20, 22, 20, 20, 22, 22, 22, 23, 22, 23, 23, 23, 23, 23, 24, 23, //
-    24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, //
-    22, 21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, //
-    21, 21, 22, 21, 23, 22, 23, 23, 20, 22, 22, 22, 23, 22, 22, 23, //
-    26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, //
-    19, 21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, //
-    20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23, //
-    26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, //
-    30,
-];
-const HUFFMAN_MAX_LEN: usize = 30;
-const HUFFMAN_EOS: u16 = 256;
-
-/// Canonical-code decoding table: per code length, the first code, how many codes, and where
-/// their symbols start in `symbols` (sorted by length, then symbol).
-struct Huffman {
-    first: [u32; HUFFMAN_MAX_LEN + 1],
-    count: [u32; HUFFMAN_MAX_LEN + 1],
-    offset: [usize; HUFFMAN_MAX_LEN + 1],
-    symbols: [u16; 257],
-}
-
-fn huffman() -> &'static Huffman {
-    static TABLE: OnceLock<Huffman> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = Huffman {
-            first: [0; HUFFMAN_MAX_LEN + 1],
-            count: [0; HUFFMAN_MAX_LEN + 1],
-            offset: [0; HUFFMAN_MAX_LEN + 1],
-            symbols: [0; 257],
-        };
-        for &len in &HUFFMAN_LENGTHS {
-            t.count[usize::from(len)] += 1;
-        }
-        let (mut code, mut offset) = (0u32, 0usize);
-        for len in 1..=HUFFMAN_MAX_LEN {
-            code = (code + t.count[len - 1]) << 1;
-            t.first[len] = code;
-            t.offset[len] = offset;
-            offset += t.count[len] as usize;
-        }
-        let mut next = t.offset;
-        for (sym, &len) in HUFFMAN_LENGTHS.iter().enumerate() {
-            let slot = &mut next[usize::from(len)];
-            t.symbols[*slot] = sym as u16;
-            *slot += 1;
-        }
-        t
-    })
-}
-
-/// Decode an HPACK Huffman string (RFC 7541 §5.2) onto `out`.
-fn huffman_decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let t = huffman();
-    let (mut code, mut len) = (0u32, 0usize);
-    for &byte in src {
-        for shift in (0..8).rev() {
-            code = code << 1 | u32::from(byte >> shift & 1);
-            len += 1;
-            if len > HUFFMAN_MAX_LEN {
-                return Err("invalid Huffman code".to_string());
-            }
-            let rank = code.wrapping_sub(t.first[len]);
-            if code >= t.first[len] && rank < t.count[len] {
-                let sym = t.symbols[t.offset[len] + rank as usize];
-                if sym == HUFFMAN_EOS {
-                    return Err("EOS inside a Huffman string".to_string());
-                }
-                out.push(sym as u8);
-                code = 0;
-                len = 0;
-            }
-        }
-    }
-    // Padding: fewer than 8 bits, all ones (a prefix of EOS).
-    if len > 7 || code != (1u32 << len) - 1 {
-        return Err("invalid Huffman padding".to_string());
-    }
-    Ok(())
 }
 
 /// `scheme://host:port/...` → `host:port`; anything without `://` unchanged.
@@ -1307,6 +1183,35 @@ mod tests {
     }
 
     #[test]
+    fn connection_without_url_authority_passes_untouched() {
+        // The first header block decides: padded, with priority, split by CONTINUATION and
+        // with a host:port authority, it and everything after reach the server as sent, even
+        // a later URL authority (grpc-go never changes it within a connection).
+        let mut c = Client::new();
+        c.frame(0x4, 0, 0, &[0, 1, 0, 0, 0x10, 0]);
+        let req = request("127.0.0.1:2379", "/etcdserverpb.KV/Range");
+        let block = c.block(&as_refs(&req));
+        let mut payload = vec![3u8, 0x80, 0, 0, 0, 15];
+        payload.extend_from_slice(&block[..4]);
+        payload.extend_from_slice(&[0; 3]);
+        c.frame(TYPE_HEADERS, FLAG_PADDED | FLAG_PRIORITY, 1, &payload);
+        c.frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &block[4..]);
+        c.frame(0x0, FLAG_END_STREAM, 1, b"\0\0\0\0\x02hi");
+        c.headers(3, FLAG_END_STREAM, &as_refs(&req));
+        let url = request("http://127.0.0.1:2379", "/etcdserverpb.KV/Range");
+        c.headers(5, FLAG_END_STREAM, &as_refs(&url));
+        // Not even a malformed block later on is ours to judge.
+        c.frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 9, &[0xff]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        for (inc, outc) in [(1 << 20, 1 << 20), (1, 1), (7, 13)] {
+            let got = rt.block_on(shim(&c.bytes, inc, outc)).expect("shim");
+            assert!(got == c.bytes, "in {inc} out {outc}: differs");
+        }
+    }
+
+    #[test]
     fn malformed_input_is_an_error() {
         let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
         let mut c = Client::new();
@@ -1421,71 +1326,12 @@ mod tests {
         }
     }
 
-    /// Canonical HPACK Huffman encoding, from the code lengths.
-    fn huffman_encode(s: &[u8]) -> Vec<u8> {
-        let t = huffman();
-        let mut codes = [(0u32, 0u8); 257];
-        let mut next = t.first;
-        for (sym, &len) in HUFFMAN_LENGTHS.iter().enumerate() {
-            codes[sym] = (next[usize::from(len)], len);
-            next[usize::from(len)] += 1;
-        }
-        let (mut acc, mut bits, mut out) = (0u64, 0u32, Vec::new());
-        for &b in s {
-            let (code, len) = codes[usize::from(b)];
-            acc = acc << len | u64::from(code);
-            bits += u32::from(len);
-            while bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        if bits > 0 {
-            out.push((acc << (8 - bits)) as u8 | (0xff >> bits));
-        }
-        out
-    }
-
-    /// Append a Huffman-coded string literal.
-    fn push_huffman(block: &mut Vec<u8>, s: &[u8]) {
-        let h = huffman_encode(s);
-        encode_int(block, h.len(), 7, 0x80);
-        block.extend_from_slice(&h);
-    }
-
-    #[test]
-    fn huffman_matches_the_rfc_and_loona() {
-        // RFC 7541 C.4.1.
-        let www = [
-            0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
-        ];
-        assert_eq!(huffman_encode(b"www.example.com"), www);
-        let mut out = Vec::new();
-        huffman_decode(&www, &mut out).expect("decodes");
-        assert_eq!(out, b"www.example.com");
-
+    /// Append a Huffman-coded string literal (codes from RFC 7541 Appendix B).
+    fn push_huffman(block: &mut Vec<u8>, coded: &[u8], plain: &[u8]) {
         let mut reference = loona_hpack::huffman::HuffmanDecoder::new();
-        let mut x: u32 = 12345;
-        for i in 0..600usize {
-            let s: Vec<u8> = if i < 256 {
-                vec![i as u8; 1 + i % 5]
-            } else {
-                (0..i % 40)
-                    .map(|_| {
-                        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                        (x >> 16) as u8
-                    })
-                    .collect()
-            };
-            let enc = huffman_encode(&s);
-            assert_eq!(reference.decode(&enc).expect("loona decodes"), s);
-            let mut out = Vec::new();
-            huffman_decode(&enc, &mut out).expect("decodes");
-            assert_eq!(out, s);
-        }
-        for bad in [&[0xff, 0xff, 0xff, 0xff][..], &[0x00], &[0xfe]] {
-            assert!(huffman_decode(bad, &mut Vec::new()).is_err(), "{bad:?}");
-        }
+        assert_eq!(reference.decode(coded).expect("valid Huffman"), plain);
+        encode_int(block, coded.len(), 7, 0x80);
+        block.extend_from_slice(coded);
     }
 
     #[test]
@@ -1493,10 +1339,19 @@ mod tests {
         // `:authority` (incremental indexing, static name 1) and a new name + value, all
         // Huffman-coded the way Go and h2 clients send them; then a dynamic reference.
         let mut block = vec![0x83, 0x41];
-        push_huffman(&mut block, b"http://127.0.0.1:2379");
+        let url = [
+            0x9d, 0x29, 0xae, 0xe3, 0x0c, 0x04, 0x4e, 0xae, 0x05, 0xc0, 0xb8, 0x6e, 0x09, 0x97,
+            0x5f,
+        ];
+        push_huffman(&mut block, &url, b"http://127.0.0.1:2379");
         block.push(0x10); // literal never indexed, new name
-        push_huffman(&mut block, b"grpc-timeout");
-        push_huffman(&mut block, b"4999870u");
+        let name = [0x9a, 0xca, 0xc8, 0xb2, 0x4d, 0x49, 0x4f, 0x6a, 0x7f];
+        push_huffman(&mut block, &name, b"grpc-timeout");
+        push_huffman(
+            &mut block,
+            &[0x69, 0xf7, 0xdf, 0x79, 0xd0, 0x5b],
+            b"4999870u",
+        );
         let mut c = Client::new();
         c.frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block);
         c.frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &[0x83, 0x80 | 62]);
@@ -1509,20 +1364,6 @@ mod tests {
         assert!(matches!(&seen[0], Seen::Headers { headers, .. } if *headers == first));
         let second = owned(&[(":method", "POST"), (":authority", "127.0.0.1:2379")]);
         assert!(matches!(&seen[1], Seen::Headers { headers, .. } if *headers == second));
-    }
-
-    #[test]
-    fn integers_decode_or_fail_cleanly() {
-        for v in [0, 1, 14, 15, 16, 127, 128, 1337, 1 << 20, (1 << 28) - 1] {
-            for prefix in [4, 5, 6, 7] {
-                let mut b = Vec::new();
-                encode_int(&mut b, v, prefix, 0);
-                assert_eq!(decode_int(&b, prefix), Ok((v, b.len())));
-            }
-        }
-        assert!(decode_int(&[], 7).is_err());
-        assert!(decode_int(&[0x7f, 0x80], 7).is_err());
-        assert!(decode_int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x01], 7).is_err());
     }
 
     #[test]
