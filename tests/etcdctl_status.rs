@@ -1,6 +1,6 @@
 //! etcdctl 3.4 with `--endpoints=http://127.0.0.1:P`: for `endpoint status`, `endpoint hashkv`,
 //! `defrag` and `snapshot save` it sends `:authority: http://127.0.0.1:P`, which the server's
-//! HTTP/2 stack rejects unless the `:authority` shim (src/api/h2_authority.rs) rewrites it.
+//! HTTP/2 stack rejects unless the `:authority` shim (src/server/transport/) rewrites it.
 
 mod common;
 

@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::server::compactor::{AutoCompaction, Compactor};
 use crate::server::grpc::{self, ApiContext};
-use crate::server::h2_authority;
 use crate::server::lessor::{Lessor, LessorConfig};
 pub use crate::server::limits::Limits;
+use crate::server::transport::AuthorityShim;
 use crate::server::watch_hub::WatchHub;
 
 /// How long `shutdown` lets open gRPC calls (watch streams, keep-alives) finish.
@@ -77,7 +77,7 @@ impl Member {
         // `http://host:port` as authority on some commands, which h2 would reject.
         let incoming = tokio_stream::StreamExt::map(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            |conn| conn.map(h2_authority::AuthorityShim::new),
+            |conn| conn.map(AuthorityShim::new),
         );
         let routes = extra(ctx.clone(), grpc::router(ctx.clone()));
         let server = tokio::spawn(async move {
