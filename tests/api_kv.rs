@@ -1,6 +1,8 @@
 //! The KV, Maintenance and Cluster services of an in-process single-node `Member`, driven through
 //! the generated tonic clients exactly as an etcd client would.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crawler::server::member::{Limits, Member, MemberConfig};
@@ -13,6 +15,7 @@ use crawler_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crawler_proto::etcdserverpb::request_op::Request as Op;
 use crawler_proto::etcdserverpb::response_op::Response as OpResp;
 use crawler_raft::{ClusterState, NodeConfig};
+use support::ports::free_port;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -101,13 +104,6 @@ impl Fixture {
     async fn get(&mut self, r: pb::RangeRequest) -> pb::RangeResponse {
         self.kv.range(r).await.expect("range").into_inner()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn range(k: &[u8]) -> pb::RangeRequest {

@@ -1,7 +1,8 @@
 //! `crawler bench` workloads against an in-process single-node `Member`: every workload runs a
 //! small number of ops and reports them all, with no errors. No timing assertions.
 
-use std::net::TcpListener;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -10,15 +11,9 @@ use crawler::cli::{Cli, Command};
 use crawler::server::member::Member;
 use crawler_proto::etcdserverpb::kv_client::KvClient;
 use crawler_proto::etcdserverpb::RangeRequest;
+use support::ports::free_port;
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
 
 /// A single-node member on loopback ports, configured through the real `crawler store` flags.
 async fn start_member(dir: &tempfile::TempDir) -> Member {

@@ -6,24 +6,20 @@
 //! whole suite against `crawler store`, point it at a wrapper script containing
 //! `exec /path/to/crawler store "$@"` (it takes etcd's flags).
 
-#[path = "support/client_scenarios.rs"]
-mod client_scenarios;
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/wait.rs"]
-mod wait;
+mod support;
 
 use std::time::Duration;
 
-use etcd_support::{free_port, EtcdServer, TcpProxy};
+use support::client_scenarios;
+use support::etcd::{EtcdServer, TcpProxy};
+use support::ports::free_port;
+use support::wait::within;
 
 /// Upper bound for one test, so a hang fails instead of blocking the suite.
 const TEST_DEADLINE: Duration = Duration::from_secs(90);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_DEADLINE, f)
-        .await
-        .expect("test exceeded its deadline");
+    within(TEST_DEADLINE, f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

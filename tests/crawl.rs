@@ -12,16 +12,7 @@
 //!
 //! Rate limits are tested against tokio's paused clock in `src/crawl/limiter.rs`.
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/http.rs"]
-mod http_support;
-#[path = "support/our_store.rs"]
-mod our_store;
-#[path = "support/wait.rs"]
-mod wait;
-#[path = "support/worker_process.rs"]
-mod worker_process;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -44,11 +35,13 @@ use crawler::master::{Master, MasterConfig};
 use crawler::model::resource::Resource;
 use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
 use crawler::worker::{Worker, WorkerOptions};
-use etcd_support::EtcdServer;
-use our_store::OurStore;
 use parking_lot::Mutex;
+use support::etcd::EtcdServer;
+use support::http;
+use support::our_store::OurStore;
+use support::wait::{eventually, within};
+use support::worker_process::WorkerProcess;
 use tokio::io::AsyncReadExt as _;
-use worker_process::WorkerProcess;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -58,15 +51,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(180);
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    wait::within(TEST_DEADLINE, f).await;
-}
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    wait::eventually(what, WAIT, check).await;
+    within(TEST_DEADLINE, f).await;
 }
 
 // ---- our store, in process --------------------------------------------------------------------
@@ -596,7 +581,7 @@ impl Hang {
 }
 
 async fn task_rows(w: &Worker) -> Vec<serde_json::Value> {
-    http_support::tasks_json(w.http_addr()).await
+    http::tasks_json(w.http_addr()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,7 +608,7 @@ async fn stops_promptly_when_deleted_or_moved() {
 
         for (round, id) in [(1usize, "201"), (2, "202")] {
             put_resource(&client, &resource("slow", id, &mine)).await;
-            eventually("the request is in flight", || {
+            eventually("the request is in flight", WAIT, || {
                 let n = hang.requests.load(Ordering::SeqCst);
                 async move { n == round }
             })
@@ -640,7 +625,7 @@ async fn stops_promptly_when_deleted_or_moved() {
                 put_resource(&client, &resource("slow", id, "go.micro.server.worker-x|h:1"))
                     .await;
             }
-            eventually("the request in flight is cancelled", || {
+            eventually("the request in flight is cancelled", WAIT, || {
                 let n = hang.closed.load(Ordering::SeqCst);
                 async move { n == round }
             })
@@ -715,13 +700,13 @@ async fn a_failed_task_is_retried_with_backoff_then_given_up() {
         let row = |name: &'static str| {
             let w = worker.http_addr();
             async move {
-                http_support::tasks_json(w)
+                http::tasks_json(w)
                     .await
                     .into_iter()
                     .find(|r| r["name"] == name)
             }
         };
-        eventually("later finishes on its second retry", || async {
+        eventually("later finishes on its second retry", WAIT, || async {
             row("later").await.is_some_and(|r| r["status"] == "finished")
         })
         .await;
@@ -732,7 +717,7 @@ async fn a_failed_task_is_retried_with_backoff_then_given_up() {
             "{later}"
         );
         assert_eq!(hits.load(Ordering::SeqCst), 3, "one request per attempt");
-        eventually("never gives up after two retries", || async {
+        eventually("never gives up after two retries", WAIT, || async {
             row("never")
                 .await
                 .is_some_and(|r| r["status"] == "failed" && r["retries"] == 2)
@@ -742,7 +727,7 @@ async fn a_failed_task_is_retried_with_backoff_then_given_up() {
         let before = never_hits.load(Ordering::SeqCst);
         assert_eq!(before, 3, "first run and two retries");
         let quiet = tokio::time::Instant::now();
-        eventually("a while with no further attempt", || async {
+        eventually("a while with no further attempt", WAIT, || async {
             quiet.elapsed() > Duration::from_millis(800)
         })
         .await;
@@ -1047,7 +1032,7 @@ async fn resumes_after_kill_9_on_another_worker() {
         assert!(master.wait_ready(WAIT).await, "master ready");
 
         let mut a = WorkerProcess::spawn("a", &store.endpoint(), 2, &cfg_a);
-        eventually("worker a is held at its 11th page", || {
+        eventually("worker a is held at its 11th page", WAIT, || {
             let n = site.pages.load(Ordering::SeqCst);
             async move { n >= 11 }
         })

@@ -8,16 +8,7 @@
 //!   after the last checkpoint;
 //! - deleting a running task's resource leaves nothing under its key space.
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/http.rs"]
-mod http_support;
-#[path = "support/our_store.rs"]
-mod our_store;
-#[path = "support/wait.rs"]
-mod wait;
-#[path = "support/worker_process.rs"]
-mod worker_process;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,8 +26,10 @@ use crawler::model::resource::Resource;
 use crawler::model::runner::{TaskRunner, TaskSpec, TaskState};
 use crawler::model::task::TaskConfig;
 use crawler::worker::{Worker, WorkerOptions};
-use our_store::OurStore;
-use worker_process::WorkerProcess;
+use support::http;
+use support::our_store::OurStore;
+use support::wait::{eventually, within};
+use support::worker_process::WorkerProcess;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(60);
@@ -44,15 +37,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    wait::within(TEST_DEADLINE, f).await;
-}
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    wait::eventually(what, WAIT, check).await;
+    within(TEST_DEADLINE, f).await;
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -294,7 +279,7 @@ async fn resumes_after_kill_9_past_10k_pages_fetching_each_page_once_but_the_win
 
         let mut a = WorkerProcess::spawn("a", &store.endpoint(), 2, Path::new(&cfg_a));
         let requests = &site.stats().requests;
-        eventually("worker a fetched 10k pages", || {
+        eventually("worker a fetched 10k pages", WAIT, || {
             let n = requests.load(Ordering::SeqCst);
             async move { n >= 10_000 }
         })
@@ -389,7 +374,7 @@ async fn a_deleted_task_leaves_nothing_under_its_key_space() {
             .await
             .expect("worker");
         let prefix = CheckpointStore::prefix("doomed");
-        eventually("checkpoints with deltas are written", || {
+        eventually("checkpoints with deltas are written", WAIT, || {
             let c = client.clone();
             async move {
                 let Ok(Some(kv)) = c
@@ -410,9 +395,9 @@ async fn a_deleted_task_leaves_nothing_under_its_key_space() {
             .delete(&fence, "doomed")
             .await
             .expect("delete");
-        eventually("the worker stops the task", || {
+        eventually("the worker stops the task", WAIT, || {
             let w = worker.http_addr();
-            async move { http_support::tasks_json(w).await.is_empty() }
+            async move { http::tasks_json(w).await.is_empty() }
         })
         .await;
         let left = client.get_prefix(prefix.clone()).await.expect("get").body;
@@ -442,7 +427,7 @@ struct DevProcess {
 impl DevProcess {
     fn spawn(dir: &Path, config: &Path, extra: &[&str]) -> Self {
         use std::io::BufRead as _;
-        let port = || etcd_support::free_port();
+        let port = || support::ports::free_port();
         let client_url = format!("http://127.0.0.1:{}", port());
         let peer_url = format!("http://127.0.0.1:{}", port());
         let worker_http = addr(&format!("127.0.0.1:{}", port()));
@@ -547,7 +532,7 @@ impl DevProcess {
     }
 
     async fn pages(&self) -> u64 {
-        http_support::tasks_json(self.worker_http)
+        http::tasks_json(self.worker_http)
             .await
             .iter()
             .find(|r| r["name"] == "chain")

@@ -5,8 +5,7 @@
 //! under the data dir, the task is marked done in the store, with no network), and SIGTERM stops
 //! it cleanly.
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
@@ -15,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_support::free_port;
+use support::ports::free_port;
 
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// Deadline for the process to print its ready line and for the store to show the layout.

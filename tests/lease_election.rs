@@ -1,7 +1,8 @@
 //! The Lease, Election and Lock services of in-process `Member`s, driven through the generated
 //! tonic clients exactly as an etcd client would.
 
-use std::future::Future;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crawler::server::member::{Limits, Member, MemberConfig};
@@ -13,6 +14,8 @@ use crawler_proto::v3electionpb::election_client::ElectionClient;
 use crawler_proto::v3lockpb as lpb;
 use crawler_proto::v3lockpb::lock_client::LockClient;
 use crawler_raft::{ClusterState, NodeConfig};
+use support::ports::free_port;
+use support::wait::eventually_some;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -20,13 +23,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a call that must stay blocked is given to (wrongly) finish.
 const STAYS_BLOCKED: Duration = Duration::from_millis(400);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn node_config(
     dir: &std::path::Path,
@@ -200,22 +196,6 @@ fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, ms
             assert_eq!(s.code(), code, "code of {s:?}");
             assert_eq!(s.message(), msg);
         }
-    }
-}
-
-/// Polls `f` until it yields `Some`, failing after `DEADLINE`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -406,7 +386,7 @@ async fn lease_without_keepalive_expires() {
     });
 
     let mut c2 = c.clone();
-    eventually("the short lease to expire", || {
+    eventually_some("the short lease to expire", DEADLINE, || {
         let mut c = c2.clone();
         async move { (!c.exists("/exp/short").await).then_some(()) }
     })
@@ -674,7 +654,7 @@ async fn cancelled_lock_wait_withdraws() {
     assert!(tokio::time::timeout(STAYS_BLOCKED, waiter).await.is_err());
     let key_b = format!("l2/{lb:x}");
     let c2 = c.clone();
-    eventually("the abandoned waiter's key to go", || {
+    eventually_some("the abandoned waiter's key to go", DEADLINE, || {
         let mut c = c2.clone();
         let k = key_b.clone();
         async move { (!c.exists(&k).await).then_some(()) }
@@ -715,7 +695,7 @@ async fn leases_across_three_members() {
                 .is_some_and(|m| m.raft().status().leader == Some(m.raft().id()))
         })
     };
-    let leader = eventually("a leader", || {
+    let leader = eventually_some("a leader", DEADLINE, || {
         let l = leader_idx(&members);
         async move { l }
     })
@@ -728,7 +708,7 @@ async fn leases_across_three_members() {
     clients[follower].put("/m/k", "v", id).await;
     // Every member must be able to answer once its client URL is published.
     let mut cf = clients[follower].clone();
-    let ttl = eventually("a follower keep-alive", || {
+    let ttl = eventually_some("a follower keep-alive", DEADLINE, || {
         let mut c = cf.clone();
         async move { c.keep_alive(id).await.ok() }
     })
@@ -754,14 +734,14 @@ async fn leases_across_three_members() {
     cf.keep_alive(id).await.expect("keepalive");
     let old = members[leader].take().expect("leader member");
     old.shutdown().await.expect("shutdown");
-    let new_leader = eventually("a new leader", || {
+    let new_leader = eventually_some("a new leader", DEADLINE, || {
         let l = leader_idx(&members);
         async move { l }
     })
     .await;
     assert_ne!(new_leader, leader);
     let mut cn = clients[new_leader].clone();
-    let t = eventually("TTL from the new leader", || {
+    let t = eventually_some("TTL from the new leader", DEADLINE, || {
         let mut c = cn.clone();
         async move {
             c.lease
@@ -773,7 +753,7 @@ async fn leases_across_three_members() {
     })
     .await;
     assert!(t.ttl >= 4, "lease not extended on leader change: {}", t.ttl);
-    eventually("the lease to expire on the new leader", || {
+    eventually_some("the lease to expire on the new leader", DEADLINE, || {
         let mut c = cn.clone();
         async move { (!c.exists("/m/k").await).then_some(()) }
     })
@@ -878,7 +858,7 @@ async fn etcdctl_interop() {
     // `etcdctl elect` leads; a server-side candidate waits until it resigns.
     let mut elect = etcdctl_spawn(&ep, &["elect", "e3", "one"]);
     let mut c = s.c.clone();
-    eventually("etcdctl to lead", || {
+    eventually_some("etcdctl to lead", DEADLINE, || {
         let mut c = c.clone();
         async move { (c.leader_value("e3").await.ok()? == "one").then_some(()) }
     })

@@ -5,10 +5,7 @@
 //! Workers are lightweight registry registrations made through `crawler::coord::registry`, exactly as
 //! `crawler worker` registers; killing one = revoking its lease or letting it expire.
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/master_env.rs"]
-mod master_env;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +17,10 @@ use crawler::coord::snowflake::SnowflakeId;
 use crawler::master::{ResourceStore, WriteError};
 use crawler::model::resource::Resource;
 use crawler_proto::crawler::{Empty, ResourceSpec};
-use master_env::{
-    eventually, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,
+use support::master_env::{
+    self, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,
 };
+use support::wait::eventually_some;
 use tonic::Code;
 
 /// Generate `<scenario>::store` and `<scenario>::etcd` tests.
@@ -77,7 +75,7 @@ fn ids_and_times(rs: &BTreeMap<String, Resource>) -> BTreeMap<String, (String, i
 }
 
 async fn wait_log(what: &str) {
-    eventually(&format!("log line {what:?}"), || async {
+    eventually_some(&format!("log line {what:?}"), WAIT, || async {
         (!log_lines(what).is_empty()).then_some(())
     })
     .await;
@@ -98,7 +96,7 @@ async fn worker_join_leave_diff(env: Arc<Env>) {
         b.id
     ))
     .await;
-    eventually("master sees both workers", || async {
+    eventually_some("master sees both workers", WAIT, || async {
         (m.workers().len() == 2).then_some(())
     })
     .await;
@@ -390,7 +388,7 @@ async fn least_loaded_spread(env: Arc<Env>) {
         env.register_worker().await,
     ];
     let m = env.start_leader(1, &[]).await;
-    eventually("master sees 3 workers", || async {
+    eventually_some("master sees 3 workers", WAIT, || async {
         (m.workers().len() == 3).then_some(())
     })
     .await;
@@ -624,7 +622,7 @@ async fn fencing_deleted_key(env: Arc<Env>) {
     assert_eq!(after, before, "store unchanged");
 
     // The master noticed, stopped acting, and leads again under a new key.
-    eventually("a new term with a new fence", || async {
+    eventually_some("a new term with a new fence", WAIT, || async {
         m.fence()
             .filter(|f| f.create_revision != fence.create_revision)
             .map(|_| ())
@@ -1015,7 +1013,7 @@ async fn external_writes(env: Arc<Env>) {
         .put_kv("/resources/election/3f3584fc571ae9d0", "master2-x:1", 0)
         .await
         .expect("put");
-    let got = eventually("the external resource is assigned", || async {
+    let got = eventually_some("the external resource is assigned", WAIT, || async {
         let kv = client
             .get("/resources/ext")
             .await

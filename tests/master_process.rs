@@ -5,10 +5,7 @@
 //! missing), and the self-contained cluster: three masters each embedding one member of a
 //! three-member store. Workers are registry registrations made by the test.
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/master_env.rs"]
-mod master_env;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,10 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use etcd_support::{free_port, EtcdServer};
-use master_env::{
-    capture_logs, eventually, register_worker_on, remote_client, resources_of, try_http, TestWorker,
+use support::etcd::EtcdServer;
+use support::master_env::{
+    capture_logs, register_worker_on, remote_client, resources_of, try_http, TestWorker, WAIT,
 };
+use support::ports::free_port;
+use support::wait::eventually_some;
 
 /// Session TTL the test config sets (`[MasterServer] SessionTTL`).
 const SESSION_TTL: Duration = Duration::from_secs(2);
@@ -180,7 +179,7 @@ async fn kill_leader_scenario(ms: &mut [MasterProc], endpoints: Vec<String>) {
             .expect("follower reachable");
         assert_eq!(status, 200, "{reply}");
     }
-    let before = eventually("seeds and adds all assigned to the worker", || {
+    let before = eventually_some("seeds and adds all assigned to the worker", WAIT, || {
         let client = client.clone();
         let want = w.assigned();
         async move {
@@ -321,7 +320,7 @@ async fn quorum_loss_turns_readyz_unavailable(ms: &mut [MasterProc]) {
     }
     assert_eq!(alive.len(), 2);
     for &i in &alive {
-        eventually("survivors ready", || {
+        eventually_some("survivors ready", WAIT, || {
             let m = &ms[i];
             async move { (m.readyz().await == Some(200)).then_some(()) }
         })
@@ -330,7 +329,7 @@ async fn quorum_loss_turns_readyz_unavailable(ms: &mut [MasterProc]) {
     ms[alive[0]].kill9();
     let t0 = tokio::time::Instant::now();
     let last = &ms[alive[1]];
-    eventually("the last master is not ready", || async {
+    eventually_some("the last master is not ready", WAIT, || async {
         (last.readyz().await == Some(503)).then_some(())
     })
     .await;
@@ -395,7 +394,7 @@ async fn readme_cluster_example_produces_items() {
         .spawn()
         .expect("spawn crawler worker");
     let file = results.join("demo_books.jsonl");
-    let items = eventually("the demo task's twelve books", || {
+    let items = eventually_some("the demo task's twelve books", WAIT, || {
         let file = file.clone();
         async move {
             let text = std::fs::read_to_string(&file).unwrap_or_default();

@@ -1,7 +1,9 @@
 //! Watch: the hub against a real MVCC state machine, and etcd's Watch gRPC service against an
 //! in-process single-node member.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use crawler_storage::{
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use support::ports::free_port;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -423,13 +426,6 @@ async fn hub_restore_from_snapshot_delivers_the_jump() {
 
 // ---------------------------------------------------------------------------------------------
 // The gRPC service against an in-process member
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
 
 struct TestMember {
     _dir: tempfile::TempDir,

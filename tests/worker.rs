@@ -7,16 +7,7 @@
 //! Also: the in-process `LocalClient` gives the same answers as the remote client on the same
 //! sequence of calls (a differential test on two fresh members).
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/http.rs"]
-mod http_support;
-#[path = "support/our_store.rs"]
-mod our_store;
-#[path = "support/wait.rs"]
-mod wait;
-#[path = "support/worker_process.rs"]
-mod worker_process;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -31,10 +22,12 @@ use crawler::client::{
 use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
 use crawler::model::task::TaskConfig;
 use crawler::worker::{LoggingRunner, Worker, WorkerOptions};
-use etcd_support::{EtcdServer, TcpProxy};
-use our_store::OurStore;
 use parking_lot::Mutex;
-use worker_process::WorkerProcess;
+use support::etcd::{EtcdServer, TcpProxy};
+use support::http;
+use support::our_store::OurStore;
+use support::wait::{eventually, within};
+use support::worker_process::WorkerProcess;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(20);
@@ -46,7 +39,7 @@ fn reg_key(id: &str) -> String {
 }
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
-    wait::within(TEST_DEADLINE, f).await;
+    within(TEST_DEADLINE, f).await;
 }
 
 // ---- our store, in process --------------------------------------------------------------------
@@ -132,16 +125,8 @@ async fn wait_synced(w: &Worker, rev: i64) {
     }
 }
 
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    wait::eventually(what, WAIT, check).await;
-}
-
 async fn tasks_json(w: &Worker) -> Vec<serde_json::Value> {
-    http_support::tasks_json(w.http_addr()).await
+    http::tasks_json(w.http_addr()).await
 }
 
 /// The exact go-micro JSON of a worker registration.
@@ -272,7 +257,7 @@ async fn follows_assignments(client: Arc<dyn KvClient>) {
             .is_some_and(|d| d.contains("no task named")),
         "{zzz}"
     );
-    let (status, body) = http_support::http_get(worker.http_addr(), "/health").await;
+    let (status, body) = http::http_get(worker.http_addr(), "/health").await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
     assert_eq!(health["status"], "ok");
@@ -350,7 +335,7 @@ async fn restarts_after_registration_lost(client: Arc<dyn KvClient>) {
     assert_eq!(runner.starts_of("201"), 1);
     let old = worker.lease_id().await.expect("lease");
     client.lease_revoke(old).await.expect("revoke");
-    eventually("the run restarts after re-registration", || {
+    eventually("the run restarts after re-registration", WAIT, || {
         let runner = runner.clone();
         async move { runner.starts_of("201") == 2 && runner.running_ids().contains("201") }
     })
@@ -405,14 +390,15 @@ async fn stops_runs_when_cut_off(target: std::net::SocketAddr, direct: Arc<dyn K
     wait_synced(&worker, rev).await;
     assert_eq!(runner.running_ids(), BTreeSet::from(["301".to_string()]));
     let addr = worker.http_addr();
-    eventually("ready: registered and watching", || async move {
-        http_support::http_get(addr, "/readyz").await.0 == 200
+    eventually("ready: registered and watching", WAIT, || async move {
+        http::http_get(addr, "/readyz").await.0 == 200
     })
     .await;
     proxy.kill();
     let cut = tokio::time::Instant::now();
     eventually(
         "the run stops once the registration is presumed lost",
+        WAIT,
         || {
             let runner = runner.clone();
             async move { runner.running_ids().is_empty() }
@@ -425,13 +411,13 @@ async fn stops_runs_when_cut_off(target: std::net::SocketAddr, direct: Arc<dyn K
         "stopped too early: {:?}",
         cut.elapsed()
     );
-    let (status, body) = http_support::http_get(worker.http_addr(), "/tasks").await;
+    let (status, body) = http::http_get(worker.http_addr(), "/tasks").await;
     assert_eq!((status, body.as_str()), (200, "[]"));
     // Not ready (503, JSON), though alive (/health answers).
-    let (status, body) = http_support::http_get(addr, "/readyz").await;
+    let (status, body) = http::http_get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"ready\":false"), "{body}");
-    assert_eq!(http_support::http_get(addr, "/health").await.0, 200);
+    assert_eq!(http::http_get(addr, "/health").await.0, 200);
     // The store is unreachable: deregistration fails and is reported (the lease expires anyway).
     assert!(worker.shutdown().await.is_err());
 }
@@ -621,15 +607,19 @@ async fn processes_register_and_expire(endpoint: String) {
         client.get(reg_key("32")).await.expect("get").body.is_some(),
         "a crashed worker stays registered until its lease expires"
     );
-    eventually("the crashed worker's key expires with its lease", || {
-        let client = client.clone();
-        async move {
-            client
-                .get(reg_key("32"))
-                .await
-                .is_ok_and(|r| r.body.is_none())
-        }
-    })
+    eventually(
+        "the crashed worker's key expires with its lease",
+        WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .get(reg_key("32"))
+                    .await
+                    .is_ok_and(|r| r.body.is_none())
+            }
+        },
+    )
     .await;
     // At least two thirds of the TTL remained at the kill (renewals every third of it).
     assert!(

@@ -1,12 +1,9 @@
 //! Client-side scenarios (KV client, registry, election) against any etcd-compatible endpoints.
 //!
 //! Each scenario takes the endpoints of a fresh single-member store, so the same checks run
-//! against a real etcd (`tests/client_etcd.rs`) and against our own `crawler store`. Included with
-//! `#[path = "support/client_scenarios.rs"] mod client_scenarios;` next to `support/etcd.rs`.
-#![allow(dead_code)]
+//! against a real etcd (`tests/client_etcd.rs`) and against our own `crawler store`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +17,8 @@ use crawler::coord::registry::{
     Action, Node, RegisterOptions, Registry, RegistryEvent, RegistryWatcher, Service,
 };
 
+use super::wait::eventually;
+
 /// Deadline for anything a scenario waits for.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -29,15 +28,6 @@ pub fn client(endpoints: &[String]) -> Arc<dyn KvClient> {
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.request_timeout = Duration::from_secs(3);
     Arc::new(RemoteKvClient::new(cfg).expect("client"))
-}
-
-/// Poll `check` until it returns true, panicking after `WAIT`.
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    crate::wait::eventually(what, WAIT, check).await;
 }
 
 /// The next watch batch that carries events (progress notifications skipped).
@@ -390,7 +380,7 @@ pub async fn lease_ops(endpoints: &[String]) {
     assert!(ka.ttl > 0);
 
     // Without keepalives, the lease expires and takes its key with it.
-    eventually("lease expiry deletes the key", || {
+    eventually("lease expiry deletes the key", WAIT, || {
         let c = c.clone();
         async move { matches!(c.get("/lease/a").await, Ok(r) if r.body.is_none()) }
     })
@@ -639,7 +629,7 @@ pub async fn election_ops(endpoints: &[String]) {
         let l = election2.campaign(&s2, v2c).await;
         (l, s2)
     });
-    eventually("second candidate queued", || {
+    eventually("second candidate queued", WAIT, || {
         let c = c.clone();
         async move {
             matches!(c.get_prefix("/crawler/election/").await, Ok(r) if r.body.len() == 2)
@@ -717,14 +707,14 @@ pub async fn election_ops(endpoints: &[String]) {
     let third = tokio::spawn(async move {
         let _ = election3.campaign(&s3, "master3").await;
     });
-    eventually("third candidate queued", || {
+    eventually("third candidate queued", WAIT, || {
         let c = c.clone();
         let k = s3_key.clone();
         async move { matches!(c.get(k).await, Ok(r) if r.body.is_some()) }
     })
     .await;
     third.abort();
-    eventually("abandoned candidacy withdrawn", || {
+    eventually("abandoned candidacy withdrawn", WAIT, || {
         let c = c.clone();
         let k = s3_key.clone();
         async move { matches!(c.get(k).await, Ok(r) if r.body.is_none()) }

@@ -1,7 +1,5 @@
-//! Test fixtures for client tests: a real etcd process on free ports, and a killable TCP proxy.
-//!
-//! Included by test files with `#[path = "support/etcd.rs"] mod etcd_support;`.
-#![allow(dead_code)]
+//! A real etcd process on free ports (for client tests against etcd itself), and a killable TCP
+//! proxy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,18 +11,14 @@ use crawler::client::{KvClientExt, RemoteConfig, RemoteKvClient};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::ports::free_port;
+
 /// The etcd binary: `$CRAWLER_TEST_ETCD`, else `/usr/bin/etcd`, if it exists.
 pub fn etcd_binary() -> Option<PathBuf> {
     let p = std::env::var_os("CRAWLER_TEST_ETCD")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
     p.exists().then_some(p)
-}
-
-/// A port that was free a moment ago (the listener is closed before returning).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
 }
 
 /// A single-member etcd in a temp dir, killed on drop.

@@ -1,5 +1,4 @@
-//! A minimal HTTP/1.1 GET for the worker's local HTTP API in tests. Include with
-//! `#[path = "support/http.rs"] mod http_support;`.
+//! A minimal HTTP/1.1 GET for the worker's local HTTP API in tests.
 
 use std::net::SocketAddr;
 

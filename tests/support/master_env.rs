@@ -1,9 +1,5 @@
 //! Fixtures for master tests: a store backend (our in-process member, or a real etcd process),
 //! masters and lightweight workers on it, a minimal HTTP client, and captured logs.
-//!
-//! Included with `#[path = "support/master_env.rs"] mod master_env;` next to `support/etcd.rs`
-//! (included as `etcd_support`).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,7 +20,9 @@ use crawler_raft::{ClusterState, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-use crate::etcd_support::{free_port, EtcdServer};
+use super::etcd::EtcdServer;
+use super::ports::free_port;
+use super::wait::eventually_some;
 
 /// Deadline for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -93,28 +91,6 @@ pub fn log_lines(needle: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Waiting
-
-/// Poll `check` until it returns `Some`, panicking after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Backends
 
 /// Which store the scenario runs on.
@@ -176,7 +152,7 @@ impl Backend {
                 };
                 // Wait until the single member leads and serves writes.
                 let c = b.remote();
-                eventually("the store serves writes", || {
+                eventually_some("the store serves writes", WAIT, || {
                     let c = c.clone();
                     async move { c.put_kv("/probe", "1", 0).await.ok() }
                 })
@@ -342,7 +318,7 @@ impl Env {
     where
         P: Fn(&BTreeMap<String, Resource>) -> bool,
     {
-        eventually(what, || async {
+        eventually_some(what, WAIT, || async {
             let rs = self.resources().await;
             pred(&rs).then_some(rs)
         })

@@ -1,9 +1,5 @@
 //! A single-member store of our own inside the test process: the fixture the worker and crawl
-//! tests share. Include with `#[path = "support/our_store.rs"] mod our_store;` next to
-//! `#[path = "support/etcd.rs"] mod etcd_support;` (it takes its free ports from there).
-
-// Each test binary that includes this uses only part of it.
-#![allow(dead_code)]
+//! tests share.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +10,7 @@ use crawler::client::local::LocalClient;
 use crawler::client::KvClient;
 use crawler::server::member::Member;
 
-use crate::etcd_support::free_port;
+use super::ports::free_port;
 
 /// How long a fresh member may take to elect itself.
 const LEADER_WAIT: Duration = Duration::from_secs(30);

@@ -1,9 +1,5 @@
 //! A `crawler worker` child process for the worker and crawl tests: spawned with a config file
 //! against a store endpoint, ready once it prints its ready line, killed (SIGKILL) on drop.
-//! Include with `#[path = "support/worker_process.rs"] mod worker_process;`.
-
-// Each test binary that includes this uses only part of it.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
