@@ -2,6 +2,7 @@
 
 pub mod election;
 pub mod lock;
+mod status;
 
 use crawler_proto::v3electionpb::election_server::ElectionServer;
 use crawler_proto::v3lockpb::lock_server::LockServer;
