@@ -3,14 +3,16 @@
 //! a real etcd (`CRAWLER_TEST_SERVER=/usr/bin/etcd`) to check the test itself; the others use the
 //! hidden `--auto-compaction-check-interval`, which etcd does not have.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use crawler::client::{KvClientExt, RemoteConfig, RemoteKvClient};
 use serde_json::Value;
+use support::cluster::*;
+use support::etcdctl::*;
+use support::wait::must_wait;
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 

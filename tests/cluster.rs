@@ -2,16 +2,18 @@
 //! minority partitions, catch-up after restart or pause, and durability of acknowledged
 //! writes across kill -9 of every member.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use crawler_proto::etcdserverpb::kv_client::KvClient;
 use crawler_proto::etcdserverpb::{PutRequest, RangeRequest};
+use support::cluster::*;
+use support::etcdctl::*;
+use support::wait::{must_wait, wait_until};
 use tonic::transport::{Channel, Endpoint};
 
 const T: Duration = Duration::from_secs(30);

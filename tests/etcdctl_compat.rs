@@ -2,12 +2,15 @@
 //! three-node cluster. Expected outputs are etcdctl's exact texts (checked against etcd 3.4 by
 //! running with `CRAWLER_TEST_SERVER=/usr/bin/etcd`).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use support::cluster::*;
+use support::etcdctl::*;
+use support::process::*;
+use support::wait::must_wait;
 
 const T: Duration = Duration::from_secs(15);
 

@@ -2,11 +2,14 @@
 //! `defrag` and `snapshot save` it sends `:authority: http://127.0.0.1:P`, which the server's
 //! HTTP/2 stack rejects unless the `:authority` shim (src/server/transport/) rewrites it.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
+use support::cluster::*;
+use support::etcdctl::*;
+use support::process::*;
+use support::wait::must_wait;
 
 const T: Duration = Duration::from_secs(15);
 

@@ -1,22 +1,24 @@
-//! Integration-test harness: spawns real `crawler store` processes on 127.0.0.1 and drives
-//! them with the real `etcdctl` (v3 API).
+//! A cluster of real `crawler store` processes on 127.0.0.1 (driven with the real `etcdctl`, see
+//! [`super::etcdctl`]), one temp dir per cluster, every process killed on drop.
 //!
 //! Set `CRAWLER_TEST_SERVER=/usr/bin/etcd` to run the same tests against a real etcd: the
 //! harness passes etcd's own flags, so this checks the tests themselves.
-#![allow(dead_code)]
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+
+use super::etcdctl::etcdctl_t;
+use super::ports::free_port;
+use super::process::signal;
+use super::wait::wait_until;
 
 /// Raft heartbeat interval passed to every node (ms).
 pub const HEARTBEAT_MS: u64 = 100;
@@ -24,54 +26,8 @@ pub const HEARTBEAT_MS: u64 = 100;
 pub const ELECTION_MS: u64 = 1000;
 /// How long a freshly started cluster may take to become healthy.
 pub const START_DEADLINE: Duration = Duration::from_secs(40);
-/// Default etcdctl command timeout.
-pub const COMMAND_TIMEOUT: &str = "5s";
-/// Path of the etcdctl binary under test.
-pub const ETCDCTL: &str = "/usr/bin/etcdctl";
-
-/// Poll `f` every 50 ms until it returns `Some`, or `None` once `timeout` has passed.
-pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Like [`wait_until`] but panics with `what` on timeout.
-pub fn must_wait<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    match wait_until(timeout, f) {
-        Some(v) => v,
-        None => panic!("timed out after {timeout:?} waiting for: {what}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Ports and concurrency limits
-
-fn used_ports() -> &'static Mutex<HashSet<u16>> {
-    static PORTS: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    PORTS.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-/// A port that was free a moment ago and was never handed out before in this test binary.
-pub fn free_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind 127.0.0.1:0");
-        let mut used = used_ports().lock().unwrap_or_else(|e| e.into_inner());
-        if used.insert(port) {
-            return port;
-        }
-    }
-}
+// One cluster at a time
 
 /// Only one cluster per test binary at a time: the machine has 2 cores and raft timing
 /// suffers when many clusters compete for them.
@@ -345,14 +301,6 @@ pub fn against_real_etcd() -> bool {
     std::env::var("CRAWLER_TEST_SERVER").is_ok_and(|s| !s.is_empty())
 }
 
-/// Send a signal with the `kill` command (avoids a libc dependency).
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
-}
-
 fn log_says_addr_in_use(node: &Node) -> bool {
     let text = fs::read_to_string(&node.log_path)
         .unwrap_or_default()
@@ -571,332 +519,4 @@ fn wait_all_healthy(nodes: &mut [Node], timeout: Duration) -> Result<(), String>
         }
         thread::sleep(Duration::from_millis(150));
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// etcdctl
-
-fn etcdctl_command(endpoints: &str, command_timeout: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(ETCDCTL);
-    c.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--dial-timeout=2s")
-        .arg(format!("--command-timeout={command_timeout}"))
-        .args(args);
-    c
-}
-
-/// Run etcdctl against `endpoints` with the default command timeout.
-pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    etcdctl_t(endpoints, COMMAND_TIMEOUT, args)
-}
-
-/// Run etcdctl with an explicit `--command-timeout`.
-pub fn etcdctl_t(endpoints: &str, command_timeout: &str, args: &[&str]) -> Output {
-    etcdctl_command(endpoints, command_timeout, args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run etcdctl")
-}
-
-/// Run etcdctl with `input` on stdin (for `txn`).
-pub fn etcdctl_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
-    let mut child = etcdctl_command(endpoints, COMMAND_TIMEOUT, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn etcdctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).expect("write stdin");
-    drop(stdin);
-    child.wait_with_output().expect("wait etcdctl")
-}
-
-/// Run etcdctl and return its stdout, panicking (with stderr) if it failed.
-pub fn ok(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args);
-    assert_ok(&out, args)
-}
-
-/// Stdout of a successful etcdctl run; panics with both streams otherwise.
-pub fn assert_ok(out: &Output, args: &[&str]) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    stdout
-}
-
-/// Run etcdctl expecting failure; returns stderr (panics if it succeeded).
-pub fn fails(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        !out.status.success(),
-        "etcdctl {args:?} unexpectedly succeeded:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    stderr
-}
-
-/// Run etcdctl with `-w json` and parse stdout.
-pub fn json(endpoints: &str, args: &[&str]) -> Value {
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["-w", "json"]);
-    let out = ok(endpoints, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl {a:?}: bad json {e}: {out}"))
-}
-
-/// Current store revision as seen by `endpoint` (header of a serializable get).
-pub fn revision(endpoint: &str) -> i64 {
-    let v = json(endpoint, &["get", "--consistency=s", "revision-probe-key"]);
-    v["header"]["revision"].as_i64().expect("header.revision")
-}
-
-/// One key-value from `get -w json`, with key and value base64-decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kv {
-    /// Key.
-    pub key: String,
-    /// Value.
-    pub value: String,
-    /// create_revision.
-    pub create: i64,
-    /// mod_revision.
-    pub modr: i64,
-    /// version.
-    pub version: i64,
-    /// lease id (0 = none).
-    pub lease: i64,
-}
-
-/// The `kvs` of a `get -w json` answer.
-pub fn kvs(v: &Value) -> Vec<Kv> {
-    let Some(arr) = v["kvs"].as_array() else {
-        return Vec::new();
-    };
-    arr.iter()
-        .map(|kv| Kv {
-            key: b64s(kv["key"].as_str().unwrap_or("")),
-            value: b64s(kv["value"].as_str().unwrap_or("")),
-            create: kv["create_revision"].as_i64().unwrap_or(0),
-            modr: kv["mod_revision"].as_i64().unwrap_or(0),
-            version: kv["version"].as_i64().unwrap_or(0),
-            lease: kv["lease"].as_i64().unwrap_or(0),
-        })
-        .collect()
-}
-
-/// Decode standard base64 (as Go's encoding/json writes []byte) into a lossy UTF-8 string.
-pub fn b64s(s: &str) -> String {
-    String::from_utf8_lossy(&b64(s)).to_string()
-}
-
-/// Decode standard base64 with padding.
-pub fn b64(s: &str) -> Vec<u8> {
-    fn val(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some((c - b'A') as u32),
-            b'a'..=b'z' => Some((c - b'a') as u32 + 26),
-            b'0'..=b'9' => Some((c - b'0') as u32 + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for &c in s.as_bytes() {
-        let Some(v) = val(c) else { continue };
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
-// Background etcdctl processes (watch, elect, lock)
-
-/// An etcdctl process running in the background; its stdout lines are collected.
-pub struct Bg {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<String>>,
-    /// What was run, for messages.
-    pub what: String,
-}
-
-impl Bg {
-    /// Spawn etcdctl with `args` against `endpoints` (no command timeout: these run long).
-    pub fn etcdctl(endpoints: &str, args: &[&str]) -> Bg {
-        let mut cmd = etcdctl_command(endpoints, "30s", args);
-        Bg::spawn(&mut cmd, format!("etcdctl {args:?}"))
-    }
-
-    /// Spawn any command with piped stdout/stderr.
-    pub fn spawn(cmd: &mut Command, what: String) -> Bg {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn background process");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("stdout");
-        let l2 = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                l2.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let mut stderr = child.stderr.take().expect("stderr");
-        let e2 = err.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => e2
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-        });
-        Bg {
-            child: Some(child),
-            lines,
-            err,
-            what,
-        }
-    }
-
-    /// Lines printed so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Stderr so far.
-    pub fn stderr(&self) -> String {
-        self.err.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Wait until at least `n` lines were printed and return the first `n`.
-    pub fn wait_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
-        match wait_until(timeout, || {
-            let l = self.lines();
-            (l.len() >= n).then(|| l[..n].to_vec())
-        }) {
-            Some(l) => l,
-            None => panic!(
-                "{}: expected {n} lines within {timeout:?}, got {:?}; stderr: {}",
-                self.what,
-                self.lines(),
-                self.stderr()
-            ),
-        }
-    }
-
-    /// Wait until the printed lines contain `needle` as a whole line.
-    pub fn wait_line(&self, needle: &str, timeout: Duration) {
-        if wait_until(timeout, || {
-            self.lines().iter().any(|l| l == needle).then_some(())
-        })
-        .is_none()
-        {
-            panic!(
-                "{}: line {needle:?} not printed within {timeout:?}; got {:?}; stderr: {}",
-                self.what,
-                self.lines(),
-                self.stderr()
-            );
-        }
-    }
-
-    /// Wait until stderr contains `needle`.
-    pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
-        if wait_until(timeout, || self.stderr().contains(needle).then_some(())).is_none() {
-            panic!(
-                "{}: {needle:?} not on stderr within {timeout:?}; stdout {:?}; stderr: {}",
-                self.what,
-                self.lines(),
-                self.stderr()
-            );
-        }
-    }
-
-    /// OS pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// Send SIGTERM (etcdctl elect/lock then release their session) and wait for exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
-        signal(c.id(), "TERM");
-        match wait_until(timeout, || c.try_wait().ok().flatten()) {
-            Some(st) => Some(st),
-            None => {
-                let _ = c.kill();
-                c.wait().ok()
-            }
-        }
-    }
-
-    /// Wait for the process to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let c = self.child.as_mut().expect("process already reaped");
-        let st = wait_until(timeout, || c.try_wait().ok().flatten());
-        match st {
-            Some(st) => {
-                self.child = None;
-                st
-            }
-            None => panic!(
-                "{} did not exit within {timeout:?}; stdout {:?}; stderr {}",
-                self.what,
-                self.lines(),
-                self.stderr()
-            ),
-        }
-    }
-
-    /// Exit status if it has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Write `content` to a file (test helper).
-pub fn write_file(path: &Path, content: &str) {
-    let mut f = File::create(path).expect("create file");
-    f.write_all(content.as_bytes()).expect("write file");
 }
