@@ -1,12 +1,14 @@
 //! The sled raft log store: reads, boundaries, durability across reopen and crash, group commit.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;
 
 use crawler_storage::log_store::{LOG_TREE, META_TREE};
-use crawler_storage::{open_db, ApplyResponse, Command, LogStore, PutRequest};
+use crawler_storage::{ApplyResponse, Command, LogStore, PutRequest};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogId, RaftLogReader, Vote,
@@ -55,7 +57,7 @@ fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
 }
 
 fn open(dir: &Path) -> (sled::Db, Store) {
-    let db = open_db(dir).expect("open db");
+    let db = support::open_db_when_free(dir);
     let store = Store::open(&db).expect("open log store");
     (db, store)
 }
@@ -374,7 +376,7 @@ async fn synced_store_appends_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let written = entries(1, 1..=20);
     {
-        let db = open_db(dir.path()).expect("open db");
+        let db = support::open_db_when_free(dir.path());
         let mut store = Store::open_synced(&db, dir.path()).expect("open synced log store");
         for chunk in written.chunks(5) {
             store.blocking_append(chunk.to_vec()).await.unwrap();
@@ -390,6 +392,6 @@ async fn synced_store_appends_and_reopens() {
 async fn synced_store_needs_the_data_file() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    let db = open_db(dir.path()).expect("open db");
+    let db = support::open_db_when_free(dir.path());
     assert!(Store::open_synced(&db, other.path()).is_err());
 }

@@ -2,6 +2,8 @@
 //! generations, puts with leases, deletes, txns, ranges, compaction, leases, events, reopen and
 //! snapshots.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::Path;
@@ -150,18 +152,7 @@ impl H {
 }
 
 fn open(dir: &Path) -> (sled::Db, StateMachine) {
-    // sled's flusher thread of a just-dropped Db may hold the directory's lock a moment longer.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match open_db(dir) {
-            Ok(db) => break db,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                assert!(std::time::Instant::now() < deadline, "{e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("open {}: {e}", dir.display()),
-        }
-    };
+    let db = support::open_db_when_free(dir);
     let sm = StateMachine::open(&db).unwrap();
     (db, sm)
 }
