@@ -6,6 +6,7 @@ mod master;
 mod process;
 mod site;
 mod store;
+mod task;
 mod worker;
 
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// One process with a single-node store, a master and a worker: try the crawler locally.
     Dev(DevArgs),
+    /// Add, list, inspect and control crawl tasks through a master's API.
+    Task(task::TaskArgs),
     /// Serve a generated site to crawl (crawl tests and benchmarks).
     Site(SiteArgs),
     /// Serve the demo book site that the sample config's `demo_books` task crawls (what
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Master(args) => master::main(args, typed_log_level("master")),
         Command::Worker(args) => worker::main(args),
         Command::Dev(args) => dev::main(args, typed_log_level("dev")),
+        Command::Task(args) => task::main(args),
         Command::Site(args) => site::main_site(args),
         Command::DemoSite(args) => site::main_demo_site(args),
     }

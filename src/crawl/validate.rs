@@ -26,6 +26,23 @@ impl FieldError {
     }
 }
 
+/// A spec submitted as JSON (the `[[Tasks]]` table's field names), decoded and checked; the
+/// error names the offending field (`Limits[0].EventDur`, or the unknown field).
+pub fn parse_spec_json(bytes: &[u8]) -> Result<TaskConfig, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let task: TaskConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "spec".to_string()
+        } else {
+            path
+        };
+        FieldError::new(field, e.into_inner().to_string())
+    })?;
+    check_task(&task)?;
+    Ok(task)
+}
+
 /// Check one task; the first problem found, with its field.
 pub fn check_task(t: &TaskConfig) -> Result<(), FieldError> {
     let at = |field: &str| field.to_string();
@@ -49,7 +66,7 @@ pub fn check_task(t: &TaskConfig) -> Result<(), FieldError> {
     }
     for (j, u) in t.urls.iter().enumerate() {
         let ok = (u.starts_with("http://") || u.starts_with("https://"))
-            && u.split("://").nth(1).is_some_and(|r| !r.is_empty());
+            && url::Url::parse(u).is_ok_and(|p| p.host_str().is_some_and(|h| !h.is_empty()));
         if !ok {
             return Err(FieldError::new(
                 format!("URLs[{j}]"),
@@ -122,4 +139,31 @@ pub fn check_task(t: &TaskConfig) -> Result<(), FieldError> {
         return Err(FieldError::new(e.field, e.message));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_the_bad_field() {
+        let ok = parse_spec_json(br#"{"Name":"t","URLs":["http://127.0.0.1:1/"]}"#).unwrap();
+        assert_eq!(ok.name, "t");
+        let e = parse_spec_json(br#"{"Name":"t","Bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("Bogus"), "{e}");
+        let e = parse_spec_json(br#"{"Name":"t","Limits":[{"EventCount":"x","EventDur":1}]}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "Limits[0].EventCount", "{e}");
+        let e = parse_spec_json(br#"{"Name":"t","URLs":["http://"]}"#).unwrap_err();
+        assert_eq!(e.field, "URLs[0]", "{e}");
+        let e = parse_spec_json(br#"{"Name":"t","URLs":["http://a b/"]}"#).unwrap_err();
+        assert_eq!(e.field, "URLs[0]", "{e}");
+        let e = parse_spec_json(
+            br#"{"Name":"t","Rules":[{"Items":[{"Name":"x","Fields":[{"Name":"a","Selector":"div[["}]}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("Rules[0]"), "{e}");
+        let e = parse_spec_json(b"[1]").unwrap_err();
+        assert_eq!(e.field, "spec", "{e}");
+    }
 }

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crawler_proto::crawler::crawler_master_client::CrawlerMasterClient;
-use crawler_proto::crawler::ResourceSpec;
+use crawler_proto::crawler::{ResourceSpec, TaskRequest};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use super::api::{AddOutcome, ApiError};
+use super::tasks::{TaskCommand, TaskDetail};
 use crate::coord::registry::Node;
 use crate::model::resource::Resource;
 
@@ -109,6 +110,39 @@ impl Forwarder {
         .await
         .map_err(|s| failed(addr, s))?;
         Ok(())
+    }
+}
+
+impl Forwarder {
+    /// Forward a task command to the leader at `addr`.
+    pub async fn task_command(
+        &self,
+        addr: &str,
+        name: &str,
+        cmd: &TaskCommand,
+    ) -> Result<Option<TaskDetail>, ApiError> {
+        let mut c = self.client(addr)?;
+        let reply = c
+            .task_command(request(TaskRequest {
+                name: name.to_string(),
+                action: cmd.action().to_string(),
+                spec_json: cmd
+                    .spec()
+                    .map(|t| serde_json::to_string(t).unwrap_or_default())
+                    .unwrap_or_default(),
+                purge: matches!(cmd, TaskCommand::Delete { purge: true }),
+            }))
+            .await
+            .map_err(|s| failed(addr, s))?
+            .into_inner();
+        if matches!(cmd, TaskCommand::Delete { .. }) {
+            return Ok(None);
+        }
+        serde_json::from_str(&reply.json).map(Some).map_err(|e| {
+            ApiError::Internal(format!(
+                "master leader at {addr} answered an unreadable task: {e}"
+            ))
+        })
     }
 }
 

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use crawler_proto::crawler::crawler_master_server::{CrawlerMaster, CrawlerMasterServer};
 use crawler_proto::crawler::{
-    AddResourceResponse, Empty, LeaderSpec, NodeSpec, ResourceList, ResourceSpec, WorkerList,
+    AddResourceResponse, Empty, LeaderSpec, NodeSpec, ResourceList, ResourceSpec, TaskReply,
+    TaskRequest, WorkerList,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::forward::{to_spec, FORWARDED};
 use super::state::Inner;
+use super::tasks::TaskCommand;
 
 /// The service over the master's shared state.
 pub struct Service {
@@ -87,6 +89,37 @@ impl CrawlerMaster for Service {
             create_revision: l.create_revision,
             is_self: l.is_self,
         }))
+    }
+
+    async fn task_command(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<TaskReply>, Status> {
+        let fwd = forwarded(&request);
+        let req = request.into_inner();
+        let cmd = TaskCommand::decode(&req.action, req.spec_json.as_bytes(), req.purge)?;
+        let out = self.inner.task_command(&req.name, cmd, fwd).await?;
+        let json = match out {
+            Some(t) => serde_json::to_string(&t),
+            None => Ok("{}".to_string()),
+        };
+        Ok(Response::new(TaskReply {
+            json: json.map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn get_task(&self, request: Request<TaskRequest>) -> Result<Response<TaskReply>, Status> {
+        let t = self.inner.get_task(&request.into_inner().name).await?;
+        Ok(Response::new(TaskReply {
+            json: serde_json::to_string(&t).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn list_tasks(&self, _request: Request<Empty>) -> Result<Response<TaskReply>, Status> {
+        let tasks = self.inner.list_tasks().await?;
+        let json = serde_json::to_string(&serde_json::json!({ "tasks": tasks }))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(TaskReply { json }))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `GET /crawler/resources` → `{"resources":[...]}`
 //! - `GET /crawler/workers` → `{"workers":[{"id":..,"address":..}]}`
 //! - `GET /crawler/leader` → `{"value":..,"master_id":..,"address":..,"create_revision":..,"is_self":..}`
+//! - the task API, `/crawler/tasks...` (see [`super::task_http`])
 //! - `GET /health` → `{"leader":bool,"ready":bool,"master":"master<id>-<addr>"}` (liveness:
 //!   always 200)
 //! - `GET /readyz` → 200 `{"ready":true,"role":"leader"|"follower of ..."}` when this master can
@@ -97,7 +98,7 @@ impl From<Node> for NodeJson {
 }
 
 /// The one shape of every error: `{"error": "..."}`.
-fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(super) fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
@@ -115,7 +116,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A refused request body: its status and message.
-struct BodyError(StatusCode, String);
+pub(super) struct BodyError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for BodyError {
     fn into_response(self) -> Response {
@@ -123,17 +124,15 @@ impl IntoResponse for BodyError {
     }
 }
 
-/// The `{"name":..}` body: JSON by Content-Type, known fields only; an empty body is an empty
-/// name. Refused with 400, 413 or 415.
-fn name_body(
+/// A JSON request body: JSON by Content-Type (else 415), within the size limit (else 413);
+/// `None` for an empty body.
+pub(super) fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<NameBody, BodyError> {
+) -> Result<Option<Bytes>, BodyError> {
     let body = body.map_err(|e| BodyError(e.status(), e.body_text()))?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(NameBody {
-            name: String::new(),
-        });
+        return Ok(None);
     }
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -146,11 +145,25 @@ fn name_body(
             "the request body must be JSON (Content-Type: application/json)".into(),
         ));
     }
+    Ok(Some(body))
+}
+
+/// The `{"name":..}` body: known fields only; an empty body is an empty name. Refused with 400,
+/// 413 or 415.
+fn name_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<NameBody, BodyError> {
+    let Some(body) = json_body(headers, body)? else {
+        return Ok(NameBody {
+            name: String::new(),
+        });
+    };
     serde_json::from_slice(&body)
         .map_err(|e| BodyError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
-type Shared = State<Arc<Inner>>;
+pub(super) type Shared = State<Arc<Inner>>;
 
 async fn add(
     State(inner): Shared,
@@ -249,6 +262,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .route("/crawler/resources", get(list))
         .route("/crawler/workers", get(workers))
         .route("/crawler/leader", get(leader))
+        .merge(super::task_http::routes())
         .route("/health", get(health))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -17,10 +17,13 @@ use tokio::sync::watch;
 use super::assign::Load;
 use super::resources::{Fence, StoredResource, WriteError};
 use super::state::{Inner, Term};
-use crate::client::KvError;
+use crate::client::{
+    Compare, CompareResult, CompareTarget, KvClientExt, KvError, PutRequest, RequestOp,
+};
 use crate::coord::election::{ElectionError, Leadership, Session};
 use crate::coord::registry::RegistryError;
 use crate::model::resource::{format_assigned, Resource};
+use crate::model::spec::{spec_key, PAUSED_PREFIX, SPEC_PREFIX};
 
 /// Pause before retrying after a store failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -266,6 +269,19 @@ pub async fn reconcile(
         );
     }
     let mut load = Load::count(stored.iter().map(|s| &s.resource), &workers);
+    if seeds.is_some() {
+        seed_specs(inner, term).await?;
+    }
+    // Paused tasks stay unassigned until resumed.
+    let paused: std::collections::HashSet<String> = inner
+        .client
+        .get_prefix(PAUSED_PREFIX)
+        .await?
+        .body
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(PAUSED_PREFIX.as_bytes()))
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
 
     for name in seeds.unwrap_or_default() {
         if stored.iter().any(|s| &s.resource.name == name) {
@@ -306,6 +322,9 @@ pub async fn reconcile(
             .cmp(&(b.resource.creation_time, &b.resource.name))
     });
     for s in stored {
+        if paused.contains(&s.resource.name) {
+            continue;
+        }
         let current = s.resource.assigned_id().map(str::to_string);
         let live = current.as_deref().and_then(|id| workers.get(id));
         let new_assigned = match live {
@@ -362,6 +381,51 @@ pub async fn reconcile(
     }
     if inner.rebalance {
         rebalance(inner, term).await?;
+    }
+    Ok(())
+}
+
+/// Store the config's task specs that the store lacks (the seeds of tasks as data); a spec
+/// already stored, e.g. replaced through the task API, is kept.
+async fn seed_specs(inner: &Inner, term: &Term) -> Result<(), LeadError> {
+    if inner.seed_specs.is_empty() {
+        return Ok(());
+    }
+    let stored: std::collections::HashSet<Vec<u8>> = inner
+        .client
+        .get_prefix(SPEC_PREFIX)
+        .await?
+        .body
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    for t in &inner.seed_specs {
+        let key = spec_key(&t.name);
+        if stored.contains(key.as_bytes()) {
+            continue;
+        }
+        let cond = Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Create(0),
+            key: key.clone().into_bytes(),
+            range_end: Vec::new(),
+        };
+        let op = RequestOp::Put(PutRequest {
+            key: key.into_bytes(),
+            value: serde_json::to_vec(t).unwrap_or_default(),
+            ..PutRequest::default()
+        });
+        let exists = WriteError::Exists(t.name.clone());
+        match inner
+            .store
+            .write(&term.fence, vec![cond], vec![op], exists)
+            .await
+        {
+            Ok(_) => tracing::info!(task = %t.name, "seed spec stored"),
+            Err(e) => {
+                fenced(e)?;
+            }
+        }
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ pub(crate) mod leader;
 pub(crate) mod ops;
 pub(crate) mod resources;
 pub(crate) mod state;
+pub(crate) mod task_http;
+pub(crate) mod tasks;
 pub(crate) mod workers;
 
 use state::Inner;
@@ -61,6 +63,8 @@ pub struct MasterConfig {
     pub http_listen: Option<SocketAddr>,
     /// Names of the seed resources (the config's tasks) the leader adds when missing.
     pub seeds: Vec<String>,
+    /// The config's tasks, whose specs the leader stores when missing.
+    pub seed_specs: Vec<crate::model::task::TaskConfig>,
     /// Election prefix (default `/crawler/election`, outside `/resources/`).
     pub election_prefix: String,
     /// TTL of the election session (default 5 s): how long a crashed leader blocks a successor.
@@ -89,6 +93,7 @@ impl MasterConfig {
             grpc_advertise: None,
             http_listen: None,
             seeds: Vec::new(),
+            seed_specs: Vec::new(),
             election_prefix: election::DEFAULT_PREFIX.to_string(),
             session_ttl: election::DEFAULT_SESSION_TTL,
             registry_prefix: registry::DEFAULT_PREFIX.to_string(),
@@ -112,6 +117,7 @@ impl MasterConfig {
         cfg.grpc_advertise = s.advertise.clone();
         cfg.http_listen = Some(s.http_listen);
         cfg.seeds = tasks.iter().map(|t| t.name.clone()).collect();
+        cfg.seed_specs = tasks.to_vec();
         cfg.session_ttl = s.session_ttl;
         cfg.rebalance = s.rebalance;
         Ok(cfg)
@@ -279,6 +285,7 @@ impl Master {
             id: cfg.id,
             value,
             seeds: cfg.seeds.clone(),
+            seed_specs: cfg.seed_specs.clone(),
             session_ttl: cfg.session_ttl,
             resync_interval: cfg.resync_interval,
             rebalance: cfg.rebalance,

@@ -18,7 +18,7 @@ use crate::model::resource::{format_assigned, Resource};
 const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a write goes.
-enum Route {
+pub(super) enum Route {
     /// This master leads: run it in this term.
     Local(Arc<Term>),
     /// Forward to the leader at this gRPC address.
@@ -31,7 +31,7 @@ pub fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn lost() -> ApiError {
+pub(super) fn lost() -> ApiError {
     ApiError::Unavailable("master leadership lost; retry".into())
 }
 
@@ -42,7 +42,7 @@ fn invalid(name: &str) -> Result<(), ApiError> {
 impl Inner {
     /// Decide where a write runs. `forwarded`: the call came from another master, so it must not
     /// be forwarded again (no loops while leadership moves).
-    async fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
+    pub(super) async fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
         let deadline = tokio::time::Instant::now() + READY_WAIT;
         loop {
             if let Some(term) = self.current_term() {

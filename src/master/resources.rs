@@ -269,7 +269,7 @@ impl ResourceStore {
             key: space,
             ..DeleteRangeRequest::default()
         });
-        self.guarded_ops(fence, cond, vec![op, state])
+        self.guarded_ops(fence, vec![cond], vec![op, state])
             .await
             .map_err(|e| e.or_condition(WriteError::Missing(name.to_string())))
     }
@@ -277,19 +277,35 @@ impl ResourceStore {
     /// `if fence && cond then (op, tag) else (read election key)`; the revision of the write on
     /// success.
     async fn guarded(&self, fence: &Fence, cond: Compare, op: RequestOp) -> Result<i64, Guarded> {
-        self.guarded_ops(fence, cond, vec![op]).await
+        self.guarded_ops(fence, vec![cond], vec![op]).await
     }
 
-    /// [`Self::guarded`] with several operations.
+    /// A fenced txn of the caller's own: `if fence && conds then (ops, tag)`; `on_condition` when
+    /// one of `conds` failed.
+    pub async fn write(
+        &self,
+        fence: &Fence,
+        conds: Vec<Compare>,
+        ops: Vec<RequestOp>,
+        on_condition: WriteError,
+    ) -> Result<i64, WriteError> {
+        self.guarded_ops(fence, conds, ops)
+            .await
+            .map_err(|e| e.or_condition(on_condition))
+    }
+
+    /// [`Self::guarded`] with several conditions and operations.
     async fn guarded_ops(
         &self,
         fence: &Fence,
-        cond: Compare,
+        conds: Vec<Compare>,
         mut ops: Vec<RequestOp>,
     ) -> Result<i64, Guarded> {
         ops.push(fence.tag());
+        let mut compare = vec![fence.compare()];
+        compare.extend(conds);
         let txn = TxnRequest {
-            compare: vec![fence.compare(), cond],
+            compare,
             success: ops,
             failure: vec![RequestOp::Range(RangeRequest {
                 key: fence.key.clone(),

@@ -73,6 +73,8 @@ pub struct Inner {
     pub value: String,
     /// Seed resource names.
     pub seeds: Vec<String>,
+    /// Seed task specs, stored when the store has none of that name.
+    pub seed_specs: Vec<crate::model::task::TaskConfig>,
     /// Election session TTL.
     pub session_ttl: Duration,
     /// Leader's periodic reconcile interval.

@@ -3,4 +3,5 @@
 
 pub mod resource;
 pub mod runner;
+pub mod spec;
 pub mod task;

@@ -1,15 +1,18 @@
-//! The worker's assignment loop: a snapshot of `/resources/` then a watch from the next
-//! revision, keeping the runs in line with what is assigned here; failed runs are retried.
+//! The worker's assignment loop: a snapshot of `/resources/` and `/crawler/specs/` then a watch
+//! of both from the next revision, keeping the runs in line with what is assigned here and with
+//! their specs; failed runs are retried; progress is published.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::progress;
 use super::registration::{registration_alive, registration_lost, RegState};
 use super::retry::{self, MAX_BACKOFF};
+use super::specs::SpecBook;
 use super::table::{Entry, Shared, HEALTH_SERVICE};
 use crate::client::{
     prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
@@ -17,14 +20,14 @@ use crate::client::{
 };
 use crate::model::resource::{is_assigned_to, Resource};
 use crate::model::runner::{TaskRunner, TaskSpec};
-use crate::model::task::TaskConfig;
+use crate::model::spec::SPEC_PREFIX;
 
 /// Follows `/resources/` and keeps the runs in line with the assignments.
 pub(super) struct Assigner {
     pub(super) client: Arc<dyn KvClient>,
     pub(super) prefix: String,
     pub(super) retry: retry::RetryPolicy,
-    pub(super) tasks: HashMap<String, TaskConfig>,
+    pub(super) specs: SpecBook,
     pub(super) runner: Arc<dyn TaskRunner>,
     pub(super) shared: Arc<Shared>,
     pub(super) health: tonic_health::server::HealthReporter,
@@ -97,7 +100,7 @@ impl Assigner {
         }
         *seen = registered.borrow().losses;
         let seen = *seen;
-        let (revision, kvs) = tokio::select! {
+        let (revision, kvs, specs) = tokio::select! {
             _ = stop.changed() => return Ok(SessionEnd::Stopped),
             _ = registration_lost(registered, seen) => {
                 self.on_registration_lost().await;
@@ -105,6 +108,7 @@ impl Assigner {
             }
             snap = self.snapshot() => snap?,
         };
+        self.specs.load(&specs);
         self.reconcile(kvs).await;
         self.shared
             .synced_revision
@@ -121,14 +125,47 @@ impl Assigner {
 
         let spec = WatchSpec::prefix(self.prefix.clone()).from_revision(revision + 1);
         let mut stream = self.client.watch(spec).await?;
+        let spec = WatchSpec::prefix(SPEC_PREFIX).from_revision(revision + 1);
+        let mut spec_stream = self.client.watch(spec).await?;
         let mut retry_tick = tokio::time::interval(self.retry.tick());
         retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress_tick = tokio::time::interval(progress::TICK);
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let item = tokio::select! {
                 _ = stop.changed() => return Ok(SessionEnd::Stopped),
                 _ = retry_tick.tick() => {
                     self.retry_failed().await;
                     continue;
+                }
+                _ = progress_tick.tick() => {
+                    self.publish_progress().await;
+                    continue;
+                }
+                item = spec_stream.next() => {
+                    match item {
+                        Some(Ok(batch)) => {
+                            for ev in &batch.events {
+                                match ev.kind {
+                                    EventType::Put => {
+                                        if let Some(name) = self.specs.put(&ev.kv) {
+                                            self.on_spec_changed(&name).await;
+                                        }
+                                    }
+                                    EventType::Delete => self.specs.delete(&ev.kv.key),
+                                }
+                            }
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "worker: spec watch ended; reloading assignments");
+                            return Ok(SessionEnd::Restart);
+                        }
+                        None => {
+                            tracing::warn!("worker: spec watch closed; reloading assignments");
+                            return Ok(SessionEnd::Restart);
+                        }
+                    }
                 }
                 _ = registration_lost(registered, seen) => {
                 self.on_registration_lost().await;
@@ -172,24 +209,29 @@ impl Assigner {
         }
     }
 
-    /// Every resource and the revision they were read at, in one consistent read.
-    async fn snapshot(&self) -> Result<(i64, Vec<KeyValue>), KvError> {
-        let prefix = self.prefix.as_bytes().to_vec();
+    /// Every resource and every spec, and the revision they were read at, in one consistent
+    /// read.
+    async fn snapshot(&self) -> Result<(i64, Vec<KeyValue>, Vec<KeyValue>), KvError> {
+        let range = |prefix: &[u8]| {
+            RequestOp::Range(RangeRequest {
+                range_end: prefix_range_end(prefix),
+                key: prefix.to_vec(),
+                ..RangeRequest::default()
+            })
+        };
         let txn = TxnRequest {
             compare: Vec::new(),
-            success: vec![RequestOp::Range(RangeRequest {
-                range_end: prefix_range_end(&prefix),
-                key: prefix,
-                ..RangeRequest::default()
-            })],
+            success: vec![range(self.prefix.as_bytes()), range(SPEC_PREFIX.as_bytes())],
             failure: Vec::new(),
         };
         let reply = self.client.txn(txn).await?;
-        let kvs = match reply.body.responses.into_iter().next() {
-            Some(ResponseOp::Range(r)) => r.kvs,
+        let mut ranges = reply.body.responses.into_iter().map(|r| match r {
+            ResponseOp::Range(r) => r.kvs,
             _ => Vec::new(),
-        };
-        Ok((reply.revision, kvs))
+        });
+        let kvs = ranges.next().unwrap_or_default();
+        let specs = ranges.next().unwrap_or_default();
+        Ok((reply.revision, kvs, specs))
     }
 
     /// `/resources/<name>` → `<name>`.
@@ -218,14 +260,14 @@ impl Assigner {
 
     /// Bring the runs in line with a full list of resources.
     async fn reconcile(&self, kvs: Vec<KeyValue>) {
-        let mut mine: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut mine: BTreeMap<String, (Resource, i64)> = BTreeMap::new();
         for kv in &kvs {
             let Some(name) = self.key_name(&kv.key) else {
                 continue;
             };
             if let Some(r) = self.decode(&name, kv) {
                 if is_assigned_to(&r, &self.shared.node_id) {
-                    mine.insert(name, r);
+                    mine.insert(name, (r, kv.mod_revision));
                 }
             }
         }
@@ -240,15 +282,15 @@ impl Assigner {
         for name in gone {
             self.stop_one(&name, "no longer assigned here").await;
         }
-        for (name, r) in mine {
-            self.ensure_running(name, r).await;
+        for (name, (r, rev)) in mine {
+            self.ensure_running(name, r, rev).await;
         }
     }
 
     async fn on_put(&self, name: String, kv: &KeyValue) {
         match self.decode(&name, kv) {
             Some(r) if is_assigned_to(&r, &self.shared.node_id) => {
-                self.ensure_running(name, r).await
+                self.ensure_running(name, r, kv.mod_revision).await
             }
             Some(r) if r.assigned_node.is_empty() => self.stop_one(&name, "unassigned").await,
             Some(_) => self.stop_one(&name, "moved to another worker").await,
@@ -256,7 +298,7 @@ impl Assigner {
         }
     }
 
-    async fn ensure_running(&self, name: String, r: Resource) {
+    async fn ensure_running(&self, name: String, r: Resource, mod_revision: i64) {
         let current = self
             .shared
             .table
@@ -268,6 +310,7 @@ impl Assigner {
                 // Same run; keep the latest value (the address part may have changed).
                 if let Some(e) = self.shared.table.lock().get_mut(&name) {
                     e.resource = r;
+                    e.mod_revision = mod_revision;
                 }
                 return;
             }
@@ -277,63 +320,105 @@ impl Assigner {
             }
             None => {}
         }
-        let entry = self.start_entry(r).await;
+        let entry = self.start_entry(r, mod_revision).await;
         tracing::info!(task = %entry.resource.name, resource = %entry.resource.id, "worker: resource assigned here");
         self.shared.table.lock().insert(name, entry);
     }
 
     /// Start the run of `r` (an entry recording the error if it cannot start).
-    async fn start_entry(&self, r: Resource) -> Entry {
-        let started = SystemTime::now();
-        match self.tasks.get(&r.name) {
+    async fn start_entry(&self, r: Resource, mod_revision: i64) -> Entry {
+        let task = self.specs.get(&r.name);
+        let mut entry = Entry {
+            resource: r,
+            started: SystemTime::now(),
+            handle: None,
+            error: None,
+            retry: retry::RetryState::default(),
+            task: task.clone(),
+            mod_revision,
+            published: None,
+        };
+        let r = &entry.resource;
+        match task {
             None => {
-                let msg = format!("no task named {:?} in this worker's configuration", r.name);
+                let msg = format!(
+                    "no spec for task {:?}: none in the store ({SPEC_PREFIX}{}) nor in this worker's [[Tasks]]; add one with `crawler task add`",
+                    r.name, r.name
+                );
                 tracing::error!(resource = %r.id, "{msg}");
-                Entry {
-                    resource: r,
-                    started,
-                    handle: None,
-                    error: Some(msg),
-                    retry: retry::RetryState::default(),
-                }
+                entry.error = Some(msg);
             }
             Some(task) => {
                 let spec = TaskSpec {
                     resource: r.clone(),
-                    task: task.clone(),
+                    task,
                 };
                 match self.runner.start(spec).await {
-                    Ok(h) => Entry {
-                        resource: r,
-                        started,
-                        handle: Some(h),
-                        error: None,
-                        retry: retry::RetryState::default(),
-                    },
+                    Ok(h) => entry.handle = Some(h),
                     Err(e) => {
                         tracing::error!(task = %r.name, resource = %r.id, error = %e, "task failed to start");
-                        Entry {
-                            resource: r,
-                            started,
-                            handle: None,
-                            error: Some(e.to_string()),
-                            retry: retry::RetryState::default(),
+                        entry.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        entry
+    }
+
+    /// The spec of `name` changed (or appeared): a run of it starts again with the new spec,
+    /// from its checkpoint (the resource, and so the checkpoint's ID, is unchanged).
+    async fn on_spec_changed(&self, name: &str) {
+        let Some(old) = self.shared.table.lock().remove(name) else {
+            return;
+        };
+        tracing::info!(task = %name, resource = %old.resource.id, "worker: task spec changed; restarting the run from its checkpoint");
+        if let Some(h) = old.handle {
+            h.stop().await;
+        }
+        let entry = self.start_entry(old.resource, old.mod_revision).await;
+        self.shared.table.lock().insert(name.to_string(), entry);
+    }
+
+    /// Publish the progress of every run whose report is due.
+    async fn publish_progress(&self) {
+        let now = tokio::time::Instant::now().into_std();
+        let due: Vec<(String, i64, crate::model::spec::TaskProgress)> = self
+            .shared
+            .table
+            .lock()
+            .iter()
+            .filter_map(|(name, e)| {
+                progress::due(e, &self.shared.node_id, now)
+                    .map(|p| (name.clone(), e.mod_revision, p))
+            })
+            .collect();
+        for (name, rev, p) in due {
+            let key = format!("{}{name}", self.prefix);
+            match progress::publish(self.client.as_ref(), &key, rev, &name, &p).await {
+                Ok(true) => {
+                    if let Some(e) = self.shared.table.lock().get_mut(&name) {
+                        if e.resource.id == p.resource_id {
+                            progress::mark(e, &p, now);
                         }
                     }
+                }
+                // The resource changed since: the watch brings the new revision.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(task = %name, error = %e, "worker: publishing progress failed");
+                    return;
                 }
             }
         }
     }
 
     /// Start failed runs again once their backoff is over, at most `retry.max_retries` times;
-    /// a task this worker has no configuration for is not retried (nothing would change).
+    /// a task without a spec is not retried (it starts when its spec appears).
     async fn retry_failed(&self) {
         let now = tokio::time::Instant::now();
         let mut due = Vec::new();
         for (name, e) in self.shared.table.lock().iter_mut() {
-            if !self.tasks.contains_key(&e.resource.name)
-                || e.retry.retries >= self.retry.max_retries
-            {
+            if e.task.is_none() || e.retry.retries >= self.retry.max_retries {
                 continue;
             }
             let Some(error) = e.failure() else {
@@ -357,7 +442,7 @@ impl Assigner {
             if let Some(h) = old.handle {
                 h.stop().await;
             }
-            let mut entry = self.start_entry(old.resource).await;
+            let mut entry = self.start_entry(old.resource, old.mod_revision).await;
             entry.retry = retry::RetryState {
                 retries: old.retry.retries + 1,
                 next: None,

@@ -23,9 +23,11 @@
 
 mod assignments;
 pub mod http;
+mod progress;
 mod registration;
 pub mod retry;
 pub mod runner;
+mod specs;
 mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -75,7 +77,7 @@ pub struct WorkerOptions {
     pub register_ttl: Duration,
     /// Registration refresh interval (`None` = a third of the TTL).
     pub register_interval: Option<Duration>,
-    /// Tasks by name (what to run for a resource).
+    /// Local task specs: what runs a resource whose spec is not in the store (`/crawler/specs/`).
     pub tasks: Vec<TaskConfig>,
     /// Resource key prefix (ends with `/`).
     pub resource_prefix: String,
@@ -290,16 +292,8 @@ impl Worker {
         ] {
             metadata.insert(k.to_string(), v.to_string());
         }
-        // The tasks this worker can run: the master assigns it nothing else. A worker without
-        // [[Tasks]] lists nothing and is not limited (its runs fail with a clear error).
-        let mut names: Vec<&str> = opts.tasks.iter().map(|t| t.name.as_str()).collect();
-        names.sort_unstable();
-        if !names.is_empty() {
-            metadata.insert(
-                crate::coord::registry::TASKS_METADATA.to_string(),
-                names.join(","),
-            );
-        }
+        // No `tasks` metadata: this worker runs any task whose spec is in the store, so the
+        // master need not limit what it assigns here.
         let service = Service::with_node(
             opts.service.clone(),
             Node {
@@ -357,7 +351,7 @@ impl Worker {
             client,
             prefix: opts.resource_prefix.clone(),
             retry: opts.task_retry,
-            tasks,
+            specs: specs::SpecBook::new(tasks),
             runner,
             shared,
             health,

@@ -8,9 +8,11 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::progress::Published;
 use super::retry::RetryState;
 use crate::model::resource::Resource;
 use crate::model::runner::{TaskHandle, TaskState};
+use crate::model::task::TaskConfig;
 
 /// Name of the worker in its gRPC health service.
 pub const HEALTH_SERVICE: &str = "crawler.Worker";
@@ -67,6 +69,12 @@ pub(super) struct Entry {
     pub(super) handle: Option<Box<dyn TaskHandle>>,
     pub(super) error: Option<String>,
     pub(super) retry: RetryState,
+    /// The spec the run was started with (`None`: no spec was found).
+    pub(super) task: Option<TaskConfig>,
+    /// Mod revision of the resource key as last seen (guards progress reports).
+    pub(super) mod_revision: i64,
+    /// What was last published about the run.
+    pub(super) published: Option<Published>,
 }
 
 impl Entry {
