@@ -185,7 +185,7 @@ fn dev_mode_shows_the_seed_layout() {
     assert_eq!(
         reg,
         &format!(
-            r#"{{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],"nodes":[{{"id":"go.micro.server.worker-1","address":"{worker_grpc}","metadata":{{"broker":"http","protocol":"grpc","registry":"etcd","server":"grpc","tasks":"demo_books,douban_book_list,douban_movie_top250","transport":"grpc"}}}}]}}"#
+            r#"{{"name":"go.micro.server.worker","version":"latest","metadata":null,"endpoints":[],"nodes":[{{"id":"go.micro.server.worker-1","address":"{worker_grpc}","metadata":{{"broker":"http","protocol":"grpc","registry":"etcd","server":"grpc","transport":"grpc"}}}}]}}"#
         )
     );
     let book = check_resource(

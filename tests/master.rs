@@ -18,37 +18,10 @@ use crawler::master::{ResourceStore, WriteError};
 use crawler::model::resource::Resource;
 use crawler_proto::crawler::{Empty, ResourceSpec};
 use support::master_env::{
-    self, grpc, http, http_addr, http_typed, log_lines, per_node, Env, Kind, WAIT,
+    self, grpc, http, http_addr, http_typed, log_lines, on_both, per_node, Env, Kind, WAIT,
 };
 use support::wait::eventually_some;
 use tonic::Code;
-
-/// Generate `<scenario>::store` and `<scenario>::etcd` tests.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn store() {
-                super::master_env::run(
-                    super::Kind::Store,
-                    concat!(stringify!($name), "::store"),
-                    super::$name,
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn etcd() {
-                super::master_env::run(
-                    super::Kind::Etcd,
-                    concat!(stringify!($name), "::etcd"),
-                    super::$name,
-                )
-                .await;
-            }
-        }
-    )*};
-}
 
 on_both!(
     a_master_id_belongs_to_one_master,

@@ -499,3 +499,33 @@ async fn request(
 pub fn http_addr(m: &Master) -> SocketAddr {
     m.http_addr().expect("master has an HTTP API")
 }
+
+/// Generate `<scenario>::store` and `<scenario>::etcd` tests.
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn store() {
+                super::master_env::run(
+                    super::Kind::Store,
+                    concat!(stringify!($name), "::store"),
+                    super::$name,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::master_env::run(
+                    super::Kind::Etcd,
+                    concat!(stringify!($name), "::etcd"),
+                    super::$name,
+                )
+                .await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both;

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod etcdctl;
 pub mod http;
 pub mod master_env;
+pub mod masters;
 pub mod our_store;
 pub mod ports;
 pub mod process;
