@@ -494,3 +494,24 @@ async fn a_task_added_at_runtime_runs_moves_and_obeys_on_a_three_master_cluster(
     })
     .await;
 }
+
+/// The README's example spec is a valid spec.
+#[test]
+fn the_readme_example_spec_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("## Tasks as data")
+        .nth(1)
+        .expect("the Tasks as data section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let table: toml::Table = toml::from_str(block).expect("TOML");
+    let json = serde_json::to_vec(&table).expect("JSON");
+    let spec = crawler::crawl::validate::parse_spec_json(&json).expect("a valid spec");
+    assert_eq!(spec.name, "books");
+    assert_eq!(spec.rules.len(), 2);
+}

@@ -19,7 +19,7 @@ pub(crate) mod scope;
 pub mod sink;
 pub mod status;
 pub mod synthetic_site;
-pub(crate) mod validate;
+pub mod validate;
 mod visit;
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use super::api::{AddOutcome, ApiError};
-use super::tasks::{TaskCommand, TaskDetail};
+use super::task_api::{TaskCommand, TaskDetail};
 use crate::coord::registry::Node;
 use crate::model::resource::Resource;
 

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::forward::{to_spec, FORWARDED};
 use super::state::Inner;
-use super::tasks::TaskCommand;
+use super::task_api::TaskCommand;
 
 /// The service over the master's shared state.
 pub struct Service {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,6 +34,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::api::ApiError;
+use super::http_body::{json_body, json_error, BodyError, Shared};
 use super::state::Inner;
 use crate::coord::registry::Node;
 use crate::model::resource::Resource;
@@ -97,11 +98,6 @@ impl From<Node> for NodeJson {
     }
 }
 
-/// The one shape of every error: `{"error": "..."}`.
-pub(super) fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -113,39 +109,6 @@ impl IntoResponse for ApiError {
         };
         json_error(status, self)
     }
-}
-
-/// A refused request body: its status and message.
-pub(super) struct BodyError(pub(super) StatusCode, pub(super) String);
-
-impl IntoResponse for BodyError {
-    fn into_response(self) -> Response {
-        json_error(self.0, self.1)
-    }
-}
-
-/// A JSON request body: JSON by Content-Type (else 415), within the size limit (else 413);
-/// `None` for an empty body.
-pub(super) fn json_body(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Option<Bytes>, BodyError> {
-    let body = body.map_err(|e| BodyError(e.status(), e.body_text()))?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return Err(BodyError(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the request body must be JSON (Content-Type: application/json)".into(),
-        ));
-    }
-    Ok(Some(body))
 }
 
 /// The `{"name":..}` body: known fields only; an empty body is an empty name. Refused with 400,
@@ -162,8 +125,6 @@ fn name_body(
     serde_json::from_slice(&body)
         .map_err(|e| BodyError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
-
-pub(super) type Shared = State<Arc<Inner>>;
 
 async fn add(
     State(inner): Shared,

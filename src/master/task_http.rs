@@ -24,9 +24,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::ApiError;
-use super::http::{json_body, BodyError, Shared};
+use super::http_body::{json_body, BodyError, Shared};
 use super::state::Inner;
-use super::tasks::{parse_spec, TaskCommand};
+use super::task_api::{parse_spec, TaskCommand};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,21 +15,12 @@ use crate::client::{
 use crate::model::runner::TaskState;
 use crate::model::spec::{status_key, TaskProgress};
 
-use super::table::Entry;
+use super::table::{Entry, Published};
 
 /// Shortest time between two reports of one run that did not change state.
 pub(super) const MIN_EVERY: Duration = Duration::from_secs(1);
 /// How often the worker looks for reports that are due.
 pub(super) const TICK: Duration = Duration::from_millis(500);
-
-/// What was last published for a run.
-#[derive(Clone, Debug)]
-pub(super) struct Published {
-    at: Instant,
-    pages: u64,
-    state: String,
-    detail: Option<String>,
-}
 
 fn state_name(s: TaskState) -> &'static str {
     match s {

@@ -8,7 +8,6 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::progress::Published;
 use super::retry::RetryState;
 use crate::model::resource::Resource;
 use crate::model::runner::{TaskHandle, TaskState};
@@ -108,6 +107,15 @@ impl Entry {
             last_error: self.retry.last_error.clone(),
         }
     }
+}
+
+/// What was last published for a run.
+#[derive(Clone, Debug)]
+pub(super) struct Published {
+    pub(super) at: std::time::Instant,
+    pub(super) pages: u64,
+    pub(super) state: String,
+    pub(super) detail: Option<String>,
 }
 
 /// State shared by the worker handle, its assignment loop and its HTTP API.
