@@ -687,7 +687,10 @@ Sink = { Kind = "mysql", DSN = "mysql://root@127.0.0.1:3306/crawl", Table = "b_i
 "#;
         let cfg = Config::parse(text, "my.toml").expect("valid");
         let global = cfg.sink.as_ref().expect("[Sink]");
-        assert_eq!((global.kind, global.table()), (SinkKind::Postgres, "crawler_items"));
+        assert_eq!(
+            (global.kind, global.table()),
+            (SinkKind::Postgres, "crawler_items")
+        );
         assert_eq!(cfg.tasks[0].sink, None);
         let b = cfg.tasks[1].sink.as_ref().expect("task sink");
         assert_eq!((b.kind, b.table()), (SinkKind::Mysql, "b_items"));
@@ -701,20 +704,28 @@ Sink = { Kind = "mysql", DSN = "mysql://root@127.0.0.1:3306/crawl", Table = "b_i
         }
 
         let e = Config::parse("[Sink]\nKind = \"postgres\"\n", "my.toml").expect_err("no dsn");
-        assert!(e.to_string().starts_with("my.toml: Sink.DSN: is required"), "{e}");
+        assert!(
+            e.to_string().starts_with("my.toml: Sink.DSN: is required"),
+            "{e}"
+        );
         let e = Config::parse(
             "[[Tasks]]\nName = \"a\"\nSink = { Kind = \"mysql\", DSN = \"mysql://h/d\", Table = \"x-y\" }\n",
             "my.toml",
         )
         .expect_err("bad table");
-        assert!(e.to_string().starts_with("my.toml: Tasks[0].Sink.Table:"), "{e}");
+        assert!(
+            e.to_string().starts_with("my.toml: Tasks[0].Sink.Table:"),
+            "{e}"
+        );
         let e = Config::parse("[Sink]\nKind = \"sqlite\"\n", "my.toml").expect_err("kind");
         assert!(e.to_string().contains("sqlite"), "{e}");
         let e = Config::parse("[Sink]\nDsn = \"x\"\n", "my.toml").expect_err("typo");
         assert!(e.to_string().contains("Dsn"), "{e}");
         let long = "n".repeat(300);
         let e = Config::parse(
-            &format!("[Sink]\nKind = \"mysql\"\nDSN = \"mysql://h/d\"\n[[Tasks]]\nName = \"{long}\"\n"),
+            &format!(
+                "[Sink]\nKind = \"mysql\"\nDSN = \"mysql://h/d\"\n[[Tasks]]\nName = \"{long}\"\n"
+            ),
             "my.toml",
         )
         .expect_err("long name");

@@ -114,7 +114,11 @@ async fn finished(h: &dyn TaskHandle) {
 }
 
 /// What a table holds for `task`: (rows, distinct urls, the `n` fields, the workers).
-async fn stored(db: &SqlServer, table: &str, task: &str) -> (i64, i64, BTreeSet<u64>, BTreeSet<String>) {
+async fn stored(
+    db: &SqlServer,
+    table: &str,
+    task: &str,
+) -> (i64, i64, BTreeSet<u64>, BTreeSet<String>) {
     let dsn = db.dsn();
     let (counts, ns, workers) = match engine_of(&dsn) {
         Engine::Postgres => {
@@ -209,8 +213,16 @@ async fn row_count(db: &SqlServer, table: &str, task: &str) -> i64 {
 /// Every item exactly once: `pages` rows, one per page, the `n` of every page.
 async fn assert_exactly_once(db: &SqlServer, table: &str, task: &str, pages: u64) {
     let (rows, urls, ns, _) = stored(db, table, task).await;
-    assert_eq!((rows, urls), (pages as i64, pages as i64), "rows, distinct urls");
-    assert_eq!(ns, (0..pages).collect::<BTreeSet<u64>>(), "every page's item");
+    assert_eq!(
+        (rows, urls),
+        (pages as i64, pages as i64),
+        "rows, distinct urls"
+    );
+    assert_eq!(
+        ns,
+        (0..pages).collect::<BTreeSet<u64>>(),
+        "every page's item"
+    );
 }
 
 /// Crawl `pages` pages into `db` through a task-level `Sink`, then write a page's items again.

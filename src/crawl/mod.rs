@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use crate::client::{BoxFuture, KvClient};
 use crate::model::resource::RESOURCE_PREFIX;
-use crate::model::sink::SinkConfig;
 use crate::model::runner::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
+use crate::model::sink::SinkConfig;
 
 use checkpoint::{CheckpointStore, Checkpointer};
 use fetch::Fetcher;

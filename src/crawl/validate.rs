@@ -239,11 +239,20 @@ mod tests {
         let my = Some("mysql://root@127.0.0.1:3306/db");
         assert!(check_sink(&sink(SinkKind::Mysql, my, Some("items_2"))).is_ok());
         let field = |s: SinkConfig| check_sink(&s).map_err(|e| e.field);
-        assert_eq!(field(sink(SinkKind::Postgres, None, None)), Err("DSN".into()));
-        assert_eq!(field(sink(SinkKind::Mysql, Some(" "), None)), Err("DSN".into()));
+        assert_eq!(
+            field(sink(SinkKind::Postgres, None, None)),
+            Err("DSN".into())
+        );
+        assert_eq!(
+            field(sink(SinkKind::Mysql, Some(" "), None)),
+            Err("DSN".into())
+        );
         assert_eq!(field(sink(SinkKind::Mysql, pg, None)), Err("DSN".into()));
         assert_eq!(field(sink(SinkKind::Jsonl, pg, None)), Err("DSN".into()));
-        assert_eq!(field(sink(SinkKind::Jsonl, None, Some("t"))), Err("Table".into()));
+        assert_eq!(
+            field(sink(SinkKind::Jsonl, None, Some("t"))),
+            Err("Table".into())
+        );
         for bad in ["1t", "a-b", "t;drop", "", "\"x\""] {
             assert_eq!(
                 field(sink(SinkKind::Postgres, pg, Some(bad))),
@@ -251,8 +260,12 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let e = check_sink(&sink(SinkKind::Postgres, Some("postgres://u:secret@"), None))
-            .expect_err("no host");
+        let e = check_sink(&sink(
+            SinkKind::Postgres,
+            Some("postgres://u:secret@"),
+            None,
+        ))
+        .expect_err("no host");
         assert!(!e.message.contains("secret"), "{e}");
     }
 }

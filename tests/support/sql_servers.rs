@@ -241,10 +241,7 @@ impl SqlServer {
     pub fn dsn(&self) -> String {
         match self.engine {
             Engine::Postgres => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
-            Engine::MariaDb => format!(
-                "mysql://root@127.0.0.1:{}/{MARIADB_DATABASE}",
-                self.port
-            ),
+            Engine::MariaDb => format!("mysql://root@127.0.0.1:{}/{MARIADB_DATABASE}", self.port),
         }
     }
 
