@@ -4,8 +4,9 @@
 //!   again (a page processed twice) adds nothing;
 //! - PostgreSQL killed with SIGKILL mid-crawl and restarted: the crawl waits (the task's status
 //!   detail says why), resumes, and every item is stored exactly once;
-//! - a `crawler worker` killed with SIGKILL mid-crawl, the task moved to another worker by the
-//!   master (the sink from the config's global `[Sink]`): every item exactly once.
+//! - a `crawler worker` cut off the store (its checkpoints fail, its items are still stored),
+//!   then killed with SIGKILL, the task moved to another worker by the master, which processes
+//!   those pages again (the sink from the config's global `[Sink]`): every item exactly once.
 
 mod support;
 
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use crawler::client::{KvClient, KvClientExt};
 use crawler::config::Config;
-use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker};
+use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
 use crawler::crawl::sink::{Item, RoutingSinks, SinkFactory};
 use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
 use crawler::crawl::{CrawlOptions, CrawlRunner};
@@ -27,6 +28,7 @@ use crawler::model::resource::Resource;
 use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
 use crawler::model::task::TaskConfig;
 use sqlx::Connection as _;
+use support::etcd::TcpProxy;
 use support::our_store::OurStore;
 use support::sql_servers::{Engine, SqlServer};
 use support::wait::{eventually, eventually_some, within};
@@ -276,7 +278,9 @@ async fn crawl_stores_every_item_once(db: SqlServer, kind: &str) {
     };
     let again = item(site.seed(), 0);
     let new = item(format!("{}?new", site.seed()), PAGES);
-    sink.write(&[again.clone()]).await.expect("write");
+    sink.write(std::slice::from_ref(&again))
+        .await
+        .expect("write");
     sink.sync().await.expect("sync");
     sink.write(&[again, new]).await.expect("write");
     sink.sync().await.expect("sync");
@@ -415,11 +419,35 @@ async fn a_task_moved_after_kill_9_stores_every_item_exactly_once_in_postgres() 
         let master = Master::start(mc, client.clone()).await.expect("master");
         assert!(master.wait_ready(WAIT).await, "master ready");
 
-        let mut a = WorkerProcess::spawn("a", &store.endpoint(), 2, Path::new(&cfg_a));
+        // Worker a reaches the store through a proxy, so it can be cut off the store alone.
+        let proxy = TcpProxy::start(store.member().client_addr()).await;
+        let mut a = WorkerProcess::spawn("a", &proxy.endpoint(), 2, Path::new(&cfg_a));
         eventually("worker a stored 200 items", WAIT, || {
             let db = &db;
             async move { row_count(db, "crawler_items", "synth").await >= 200 }
         })
+        .await;
+        // Cut off the store, a's checkpoints fail while it goes on crawling and storing items
+        // (each sync precedes its checkpoint): the next owner processes again pages whose items
+        // are already in the table.
+        proxy.kill();
+        let (checkpointed, stored_by_a) = eventually_some(
+            "worker a stored items past its last checkpoint",
+            WAIT,
+            || {
+                let (db, client) = (&db, client.clone());
+                async move {
+                    let kv = client
+                        .get(CheckpointStore::manifest_key("synth"))
+                        .await
+                        .ok()?
+                        .body?;
+                    let m: Manifest = serde_json::from_slice(&kv.value).ok()?;
+                    let rows = row_count(db, "crawler_items", "synth").await;
+                    (rows >= m.pages as i64 + 50).then_some((m.pages, rows))
+                }
+            },
+        )
         .await;
         a.kill_9();
         let fetched_by_a = site.stats().requests.load(Ordering::SeqCst);
@@ -442,8 +470,15 @@ async fn a_task_moved_after_kill_9_stores_every_item_exactly_once_in_postgres() 
         assert_eq!(done.pages, PAGES);
 
         let s = site.stats();
-        let twice = (0..PAGES).filter(|&n| s.count(n) > 1).count();
-        eprintln!("a fetched {fetched_by_a}; {twice} pages fetched twice");
+        let twice = (0..PAGES).filter(|&n| s.count(n) > 1).count() as i64;
+        eprintln!(
+            "a fetched {fetched_by_a}, checkpointed {checkpointed}, stored {stored_by_a}; \
+             {twice} pages fetched twice"
+        );
+        assert!(
+            twice >= stored_by_a - checkpointed as i64,
+            "the pages stored past the checkpoint were processed again"
+        );
         assert_exactly_once(&db, "crawler_items", "synth", PAGES).await;
         let (_, _, _, workers) = stored(&db, "crawler_items", "synth").await;
         assert_eq!(
