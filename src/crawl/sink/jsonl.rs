@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Item, Sink, SinkError, SinkFactory};
+use super::api::{Item, Sink, SinkError, SinkFactory};
 use crate::client::BoxFuture;
 use crate::model::task::TaskConfig;
 

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::api::{Sink, SinkError, SinkFactory};
 use super::jsonl::JsonlSinks;
 use super::sql::SqlSinks;
-use super::{Sink, SinkError, SinkFactory};
 use crate::client::BoxFuture;
 use crate::model::sink::SinkConfig;
 use crate::model::task::TaskConfig;

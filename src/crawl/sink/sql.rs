@@ -24,7 +24,7 @@ use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{Executor as _, QueryBuilder};
 
-use super::{Item, OrderedFields, Sink, SinkError};
+use super::api::{Item, OrderedFields, Sink, SinkError};
 use crate::client::BoxFuture;
 use crate::model::sink::{SinkConfig, SinkKind};
 
