@@ -2,8 +2,8 @@
 //! site (`crawler::crawl::synthetic_site`), one item per page:
 //! - PostgreSQL and MariaDB: a crawl stores every item exactly once, and writing the same items
 //!   again (a page processed twice) adds nothing;
-//! - PostgreSQL killed with SIGKILL mid-crawl and restarted: the crawl waits (the task's status
-//!   detail says why), resumes, and every item is stored exactly once;
+//! - PostgreSQL or MariaDB killed with SIGKILL mid-crawl and restarted: the crawl waits (the
+//!   task's status detail says why), resumes, and every item is stored exactly once;
 //! - a `crawler worker` cut off the store (its checkpoints fail, its items are still stored),
 //!   then killed with SIGKILL, the task moved to another worker by the master, which processes
 //!   those pages again (the sink from the config's global `[Sink]`): every item exactly once.
@@ -306,75 +306,91 @@ async fn mariadb_stores_every_item_exactly_once() {
     .await;
 }
 
+/// Kill `db` with SIGKILL mid-crawl, hold it down, restart it: the crawl waits, then finishes
+/// with every item stored once.
+async fn killed_mid_crawl_the_crawl_waits(mut db: SqlServer, kind: &str) {
+    const PAGES: u64 = 600;
+    let opts = SiteOptions {
+        fanout: 10,
+        pages: PAGES,
+        page_bytes: 512,
+        latency: Duration::from_millis(20),
+    };
+    let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+        .await
+        .expect("site");
+    let store = OurStore::start().await;
+    let client = store.local();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!(
+        "Concurrency = 2\nCheckpointPages = 10\n{}",
+        sink_line(&db, kind)
+    );
+    let res = resource("synth", "22");
+    put_resource(&client, &res).await;
+    let runner = CrawlRunner::new(client.clone(), options(dir.path()));
+    let h = runner
+        .start(TaskSpec {
+            resource: res,
+            task: task("synth", &site.seed(), &extra),
+        })
+        .await
+        .expect("start");
+    eventually("a checkpoint past 50 pages", WAIT, || {
+        let r = h.report();
+        async move { r.stats["last_checkpoint_pages"].as_u64().unwrap_or(0) >= 50 }
+    })
+    .await;
+
+    db.kill_9().await;
+    let detail = eventually_some("the status says why the crawl waits", WAIT, || {
+        let r = h.report();
+        async move {
+            r.detail
+                .filter(|d| d.contains("results not stored") && d.contains("retrying in"))
+        }
+    })
+    .await;
+    assert!(detail.contains("results database unavailable"), "{detail}");
+    eprintln!("status detail while the database is down: {detail}");
+    // Held down for a while: no checkpoint may be written, the crawl does not fail, and it
+    // stops dispatching (at most the visits in flight complete).
+    let before = h.report();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = h.report();
+    assert_eq!(during.state, TaskState::Running, "{during:?}");
+    assert_eq!(
+        during.stats["last_checkpoint_pages"], before.stats["last_checkpoint_pages"],
+        "no checkpoint while the results cannot be stored"
+    );
+    let (p0, p1) = (
+        before.stats["pages_fetched"].as_u64().unwrap_or(0),
+        during.stats["pages_fetched"].as_u64().unwrap_or(0),
+    );
+    assert!(p1 <= p0 + 2, "the crawl waits: {p0} -> {p1} pages");
+    assert!(p1 < PAGES, "killed mid-crawl");
+
+    db.restart().await;
+    finished(h.as_ref()).await;
+    h.stop().await;
+    assert_exactly_once(&db, "crawler_items", "synth", PAGES).await;
+    store.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_mid_crawl_the_crawl_waits_then_stores_every_item_once() {
     run(async {
-        const PAGES: u64 = 600;
-        let mut db = SqlServer::postgres().await;
-        let opts = SiteOptions {
-            fanout: 10,
-            pages: PAGES,
-            page_bytes: 512,
-            latency: Duration::from_millis(20),
-        };
-        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
-            .await
-            .expect("site");
-        let store = OurStore::start().await;
-        let client = store.local();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let extra = format!(
-            "Concurrency = 2\nCheckpointPages = 10\n{}",
-            sink_line(&db, "postgres")
-        );
-        let res = resource("synth", "22");
-        put_resource(&client, &res).await;
-        let runner = CrawlRunner::new(client.clone(), options(dir.path()));
-        let h = runner
-            .start(TaskSpec {
-                resource: res,
-                task: task("synth", &site.seed(), &extra),
-            })
-            .await
-            .expect("start");
-        eventually("a checkpoint past 50 pages", WAIT, || {
-            let r = h.report();
-            async move { r.stats["last_checkpoint_pages"].as_u64().unwrap_or(0) >= 50 }
-        })
-        .await;
+        let db = SqlServer::postgres().await;
+        killed_mid_crawl_the_crawl_waits(db, "postgres").await;
+    })
+    .await;
+}
 
-        db.kill_9().await;
-        let detail = eventually_some("the status says why the crawl waits", WAIT, || {
-            let r = h.report();
-            async move {
-                r.detail
-                    .filter(|d| d.contains("results not stored") && d.contains("retrying in"))
-            }
-        })
-        .await;
-        assert!(detail.contains("results database"), "{detail}");
-        // Held down for a while: no checkpoint may be written, the crawl does not fail, and it
-        // stops dispatching (at most the visits in flight complete).
-        let before = h.report();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let during = h.report();
-        assert_eq!(during.state, TaskState::Running, "{during:?}");
-        assert_eq!(
-            during.stats["last_checkpoint_pages"], before.stats["last_checkpoint_pages"],
-            "no checkpoint while the results cannot be stored"
-        );
-        let (p0, p1) = (
-            before.stats["pages_fetched"].as_u64().unwrap_or(0),
-            during.stats["pages_fetched"].as_u64().unwrap_or(0),
-        );
-        assert!(p1 <= p0 + 2, "the crawl waits: {p0} -> {p1} pages");
-        assert!(p1 < PAGES, "killed mid-crawl");
-
-        db.restart().await;
-        finished(h.as_ref()).await;
-        h.stop().await;
-        assert_exactly_once(&db, "crawler_items", "synth", PAGES).await;
-        store.stop().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_killed_mid_crawl_the_crawl_waits_then_stores_every_item_once() {
+    run(async {
+        let db = SqlServer::mariadb().await;
+        killed_mid_crawl_the_crawl_waits(db, "mysql").await;
     })
     .await;
 }

@@ -70,7 +70,16 @@ pub enum SinkError {
     /// The item could not be encoded.
     #[error("cannot encode an item: {0}")]
     Encode(String),
-    /// The results database failed or could not be reached.
+    /// The results database could not be reached (down, refusing, no connection in time).
+    #[error("results database unavailable: {target}: {source}")]
+    Unavailable {
+        /// The database (DSN without its password) and table.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The results database refused a statement.
     #[error("results database {target}: {source}")]
     Database {
         /// The database (DSN without its password) and table.

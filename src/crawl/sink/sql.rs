@@ -238,9 +238,18 @@ fn batches(rows: &[Row]) -> Vec<&[Row]> {
 
 impl SqlSink {
     fn db_err(&self) -> impl Fn(sqlx::Error) -> SinkError + '_ {
-        move |source| SinkError::Database {
-            target: self.target.clone(),
-            source,
+        move |source| {
+            let target = self.target.clone();
+            // Connection-level failures say "unavailable": the operator's cue to look at the
+            // server, not at the data.
+            match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => SinkError::Unavailable { target, source },
+                source => SinkError::Database { target, source },
+            }
         }
     }
 
