@@ -354,17 +354,20 @@ impl Sink for SqlSink {
                 }
             };
             // An abandoned transaction is rolled back by the server; the rows stay buffered.
-            match tokio::time::timeout(SYNC_TIMEOUT, insert).await {
+            let r = match tokio::time::timeout(SYNC_TIMEOUT, insert).await {
                 Ok(Ok(())) => {
                     buffer.clear();
-                    Ok(())
+                    return Ok(());
                 }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(SinkError::Timeout {
+                Ok(Err(e)) => e,
+                Err(_) => SinkError::Timeout {
                     target: self.target.clone(),
                     secs: SYNC_TIMEOUT.as_secs(),
-                }),
-            }
+                },
+            };
+            // The next try checks the table again (it may have been dropped meanwhile).
+            self.ready.store(false, Ordering::Relaxed);
+            Err(r)
         })
     }
 }
