@@ -180,10 +180,10 @@ pub fn check_sink(s: &SinkConfig) -> Result<(), FieldError> {
         SinkKind::Postgres => &["postgres", "postgresql"],
         _ => &["mysql", "mariadb"],
     };
-    let ok = url::Url::parse(dsn)
+    let parsed = url::Url::parse(dsn)
         .ok()
-        .is_some_and(|u| schemes.contains(&u.scheme()) && u.host_str().is_some());
-    if !ok {
+        .filter(|u| schemes.contains(&u.scheme()) && u.host_str().is_some());
+    let Some(parsed) = parsed else {
         return Err(FieldError::new(
             "DSN",
             format!(
@@ -192,6 +192,23 @@ pub fn check_sink(s: &SinkConfig) -> Result<(), FieldError> {
                 example_dsn(s.kind)
             ),
         ));
+    };
+    // The drivers are built without TLS: a DSN that demands it could never connect, and the
+    // run would wait for it forever.
+    for (k, v) in parsed.query_pairs() {
+        let k = k.to_ascii_lowercase().replace('-', "_");
+        let v = v.to_ascii_lowercase();
+        let demands = matches!(
+            (k.as_str(), v.as_str()),
+            ("sslmode", "require" | "verify-ca" | "verify-full")
+                | ("ssl_mode", "required" | "verify_ca" | "verify_identity")
+        );
+        if demands {
+            return Err(FieldError::new(
+                "DSN",
+                format!("asks for TLS ({k}={v}), which this build does not support"),
+            ));
+        }
     }
     let table = s.table();
     let plain = table.len() <= 63
@@ -260,6 +277,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+        for tls in [
+            "postgres://u@h/db?sslmode=require",
+            "mysql://u@h/db?ssl-mode=REQUIRED",
+        ] {
+            let kind = if tls.starts_with("postgres") {
+                SinkKind::Postgres
+            } else {
+                SinkKind::Mysql
+            };
+            let e = check_sink(&sink(kind, Some(tls), None)).expect_err(tls);
+            assert!(e.message.contains("TLS"), "{e}");
+        }
+        let ok = "postgres://u@h/db?sslmode=prefer";
+        assert!(check_sink(&sink(SinkKind::Postgres, Some(ok), None)).is_ok());
         let e = check_sink(&sink(
             SinkKind::Postgres,
             Some("postgres://u:secret@"),
