@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::resource::{MASTER_SERVICE, WORKER_SERVICE};
+use crate::model::sink::SinkConfig;
 use crate::model::task::TaskConfig;
 use crate::util::url::{parse_endpoints, parse_listen};
 
@@ -105,6 +106,10 @@ pub struct Config {
     /// `crawler-data` (`crawler dev`: `<its data dir>/results`).
     #[serde(rename = "DataDir", default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
+    /// Where items go by default (`[Sink]`; a task's own `Sink` wins); none: JSON lines under
+    /// `DataDir`.
+    #[serde(rename = "Sink", default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkConfig>,
     /// Settings of `crawler master`.
     #[serde(rename = "MasterServer", default)]
     pub master_server: ServerConfig,
@@ -514,10 +519,18 @@ impl Config {
                 return Err(invalid(origin, "logLevel", format!("{level:?}: {e}")));
             }
         }
+        if let Some(s) = &self.sink {
+            crate::crawl::validate::check_sink(s)
+                .map_err(|e| invalid(origin, format!("Sink.{}", e.field), e.message))?;
+        }
         let mut names = HashSet::new();
         for (i, t) in self.tasks.iter().enumerate() {
             crate::crawl::validate::check_task(t)
                 .map_err(|e| invalid(origin, format!("Tasks[{i}].{}", e.field), e.message))?;
+            if let (None, Some(s)) = (&t.sink, &self.sink) {
+                crate::crawl::validate::check_sql_task_name(t, s)
+                    .map_err(|e| invalid(origin, format!("Tasks[{i}].{}", e.field), e.message))?;
+            }
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(
                     origin,
@@ -655,5 +668,67 @@ ID = 2
             .resolve(Role::Worker, &flags, "x")
             .expect_err("bad flag");
         assert!(e.to_string().contains("--http"), "{e}");
+    }
+
+    #[test]
+    fn sink_sections_parse_check_and_round_trip() {
+        use crate::model::sink::SinkKind;
+        let text = r#"
+[Sink]
+Kind = "postgres"
+DSN = "postgres://u:p@127.0.0.1:5432/db"
+
+[[Tasks]]
+Name = "a"
+
+[[Tasks]]
+Name = "b"
+Sink = { Kind = "mysql", DSN = "mysql://root@127.0.0.1:3306/crawl", Table = "b_items" }
+"#;
+        let cfg = Config::parse(text, "my.toml").expect("valid");
+        let global = cfg.sink.as_ref().expect("[Sink]");
+        assert_eq!(
+            (global.kind, global.table()),
+            (SinkKind::Postgres, "crawler_items")
+        );
+        assert_eq!(cfg.tasks[0].sink, None);
+        let b = cfg.tasks[1].sink.as_ref().expect("task sink");
+        assert_eq!((b.kind, b.table()), (SinkKind::Mysql, "b_items"));
+        // Tasks are stored as JSON: unset fields stay absent and the value comes back equal.
+        let json = serde_json::to_string(&cfg.tasks[0]).expect("json");
+        assert!(!json.contains("Sink"), "{json}");
+        for t in &cfg.tasks {
+            let back: TaskConfig =
+                serde_json::from_str(&serde_json::to_string(t).expect("json")).expect("back");
+            assert_eq!(&back, t);
+        }
+
+        let e = Config::parse("[Sink]\nKind = \"postgres\"\n", "my.toml").expect_err("no dsn");
+        assert!(
+            e.to_string().starts_with("my.toml: Sink.DSN: is required"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[[Tasks]]\nName = \"a\"\nSink = { Kind = \"mysql\", DSN = \"mysql://h/d\", Table = \"x-y\" }\n",
+            "my.toml",
+        )
+        .expect_err("bad table");
+        assert!(
+            e.to_string().starts_with("my.toml: Tasks[0].Sink.Table:"),
+            "{e}"
+        );
+        let e = Config::parse("[Sink]\nKind = \"sqlite\"\n", "my.toml").expect_err("kind");
+        assert!(e.to_string().contains("sqlite"), "{e}");
+        let e = Config::parse("[Sink]\nDsn = \"x\"\n", "my.toml").expect_err("typo");
+        assert!(e.to_string().contains("Dsn"), "{e}");
+        let long = "n".repeat(300);
+        let e = Config::parse(
+            &format!(
+                "[Sink]\nKind = \"mysql\"\nDSN = \"mysql://h/d\"\n[[Tasks]]\nName = \"{long}\"\n"
+            ),
+            "my.toml",
+        )
+        .expect_err("long name");
+        assert!(e.to_string().contains("Tasks[0].Name"), "{e}");
     }
 }

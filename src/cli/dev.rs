@@ -116,6 +116,7 @@ async fn run(args: DevArgs, mut cfg: Config) -> anyhow::Result<()> {
         .map_or_else(|| data_dir.join("results"), PathBuf::from);
     let mut crawl = CrawlOptions::new(&results);
     crawl.writer = worker_settings.node_id();
+    crawl.sink = cfg.sink.clone();
     crawl.progress_every = Duration::from_secs(10);
     // The worker first, so the seeds are assigned as soon as the master leads.
     let worker = match Worker::start(

@@ -79,6 +79,7 @@ async fn run(args: WorkerArgs, cfg: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::crawl::DEFAULT_DATA_DIR.to_string());
     let mut crawl = CrawlOptions::new(&data_dir);
     crawl.writer = settings.node_id();
+    crawl.sink = cfg.sink.clone();
     let runner = Arc::new(CrawlRunner::new(client.clone(), crawl));
     // The worker waits for an unreachable store; a signal meanwhile ends the process.
     let worker = tokio::select! {

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::client::{BoxFuture, KvClient};
 use crate::model::resource::RESOURCE_PREFIX;
 use crate::model::runner::{RunnerError, TaskHandle, TaskReport, TaskRunner, TaskSpec, TaskState};
+use crate::model::sink::SinkConfig;
 
 use checkpoint::{CheckpointStore, Checkpointer};
 use fetch::Fetcher;
@@ -40,7 +41,7 @@ use frontier::{Counters, Frontier};
 use hosts::HostPool;
 use rules::Rules;
 use scope::allowed_domains;
-use sink::{JsonlSinks, SinkFactory};
+use sink::{RoutingSinks, SinkFactory};
 use status::Status;
 
 /// Results directory of `crawler worker` when the config sets no `DataDir`.
@@ -51,8 +52,10 @@ pub const SPILL_DIR: &str = "spill";
 /// Settings of the engine (not of a task).
 #[derive(Clone, Debug)]
 pub struct CrawlOptions {
-    /// Where the default sink writes `<task>.jsonl`.
+    /// Where the JSON lines sink writes `<task>.jsonl`.
     pub data_dir: PathBuf,
+    /// Where a task without its own `Sink` writes (the config's `[Sink]`); none: JSON lines.
+    pub sink: Option<SinkConfig>,
     /// Cadence of the progress log line of each run.
     pub progress_every: Duration,
     /// Resource key prefix (the master's `/resources/`).
@@ -72,6 +75,7 @@ impl CrawlOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            sink: None,
             progress_every: Duration::from_secs(30),
             resource_prefix: RESOURCE_PREFIX.to_string(),
             writer: format!("pid-{}", std::process::id()),
@@ -102,9 +106,14 @@ impl std::fmt::Debug for CrawlRunner {
 }
 
 impl CrawlRunner {
-    /// A runner checkpointing through `client`, writing JSON lines under `opts.data_dir`.
+    /// A runner checkpointing through `client`, writing each task's items where its `Sink`
+    /// says, else to `opts.sink`, else as JSON lines under `opts.data_dir`.
     pub fn new(client: Arc<dyn KvClient>, opts: CrawlOptions) -> Self {
-        let sinks = Arc::new(JsonlSinks::new(opts.data_dir.clone()));
+        let sinks = Arc::new(RoutingSinks::new(
+            opts.data_dir.clone(),
+            opts.sink.clone(),
+            opts.writer.clone(),
+        ));
         Self::with_sinks(client, sinks, opts)
     }
 
@@ -142,7 +151,7 @@ impl TaskRunner for CrawlRunner {
                 .with_backoff(self.opts.backoff_base);
             let sink = self
                 .sinks
-                .open(&name)
+                .open(&task)
                 .await
                 .map_err(|e| RunnerError(format!("task {name:?}: results: {e}")))?;
             let store = CheckpointStore::new(

@@ -9,7 +9,8 @@
 //!    politeness), and as each completes: items to the sink, links (in the allowed domains,
 //!    within `MaxDepth`, not seen before unless `Reload`) to the frontier;
 //! 4. checkpoints every `CheckpointPages` requests or `CheckpointInterval` seconds: the sink is
-//!    synced first, so a checkpoint never counts items that are not on disk; requests still in
+//!    synced first, so a checkpoint never counts items that are not durable (a failing sync is
+//!    retried with backoff, and no checkpoint is written until it succeeds); requests still in
 //!    flight stay pending in it;
 //! 5. when nothing is pending or in flight, marks the task done.
 //!
@@ -41,6 +42,10 @@ use crate::model::runner::TaskState;
 const STORE_RETRY: Duration = Duration::from_millis(500);
 /// Longest one checkpoint or done write may take.
 const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause before syncing the results sink again after a failure (doubles per failure)...
+const SINK_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// ...up to this.
+const SINK_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// How a run ended.
 enum End {
@@ -109,7 +114,9 @@ impl Run {
             End::Stopped => {
                 if self.since_checkpoint > 0 {
                     // Bounded: a stop must be prompt even with the store unreachable.
-                    let _ = tokio::time::timeout(self.stop_grace, self.checkpoint_quietly()).await;
+                    let _ =
+                        tokio::time::timeout(self.stop_grace, self.checkpoint_quietly(&mut stop))
+                            .await;
                 }
                 self.status()
                     .set_state(TaskState::Running, Some("stopping".into()));
@@ -311,7 +318,7 @@ impl Run {
             if self.since_checkpoint >= u64::from(task.checkpoint_pages)
                 || self.last_checkpoint.elapsed() >= every
             {
-                match self.checkpoint(&mut guard).await {
+                match self.checkpoint(&mut guard, stop).await {
                     Ok(()) => {}
                     Err(CheckpointError::NotOwner) => return End::NotOwner,
                     Err(e) => {
@@ -350,8 +357,8 @@ impl Run {
                 self.counters.errors
             ));
         }
-        if let Err(e) = self.sink.sync().await {
-            return End::Failed(format!("syncing results: {e}"));
+        if !self.sync_sink(stop).await {
+            return End::Stopped;
         }
         let counters = self.counters;
         let id = self.resource.id.clone();
@@ -393,15 +400,55 @@ impl Run {
         }
     }
 
+    /// Sync the sink until it succeeds: a failed sync keeps the sink's buffer, so it is retried
+    /// with backoff, the status detail saying why, and nothing is checkpointed meanwhile (the
+    /// visits in flight go on). `false` when stopped before it succeeded.
+    async fn sync_sink(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut pause = SINK_RETRY_FIRST;
+        let mut before: Option<Option<String>> = None;
+        loop {
+            match self.sink.sync().await {
+                Ok(()) => {
+                    if let Some(detail) = before {
+                        tracing::info!(task = %self.name(), "results stored again; crawl resumes");
+                        self.status().set_state(TaskState::Running, detail);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    let detail = format!(
+                        "results not stored: {e}; retrying in {}s (no checkpoint until then)",
+                        pause.as_secs_f64()
+                    );
+                    tracing::warn!(task = %self.name(), error = %e, "{detail}");
+                    before.get_or_insert_with(|| self.status().detail());
+                    self.status().set_state(TaskState::Running, detail);
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::select! {
+                        _ = stopped(stop) => return false,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(SINK_RETRY_MAX);
+                }
+            }
+        }
+    }
+
     /// Sync the sink, then write what changed (guarded). A changed-but-still-ours resource value
     /// (e.g. the master rewrote it) refreshes the guard and tries again.
-    async fn checkpoint(&mut self, guard: &mut OwnerGuard) -> Result<(), CheckpointError> {
+    async fn checkpoint(
+        &mut self,
+        guard: &mut OwnerGuard,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), CheckpointError> {
+        let synced = self.sync_sink(stop).await;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        if let Err(e) = self.sink.sync().await {
-            Status::bump(&self.status().errors);
-            tracing::warn!(task = %self.name(), error = %e, "syncing results failed; checkpoint skipped");
-            // What this interval changed is not written: only a whole image is right next.
+        if !synced {
+            // Stopping: what this interval changed is not written (its items are not durable);
+            // only a whole image is right next.
             self.checkpointer.need_base();
             return Ok(());
         }
@@ -443,12 +490,12 @@ impl Run {
     }
 
     /// The last checkpoint of a stopping run: errors are only logged.
-    async fn checkpoint_quietly(&mut self) {
+    async fn checkpoint_quietly(&mut self, stop: &mut watch::Receiver<bool>) {
         let store = self.store.clone();
         let Ok(mut guard) = store.guard(&self.resource).await else {
             return;
         };
-        if let Err(e) = self.checkpoint(&mut guard).await {
+        if let Err(e) = self.checkpoint(&mut guard, stop).await {
             tracing::debug!(task = %self.name(), error = %e, "no checkpoint at stop");
         }
     }

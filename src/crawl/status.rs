@@ -96,6 +96,11 @@ impl Status {
         *self.state.lock() = (state, detail.into());
     }
 
+    /// The detail of the life-cycle state.
+    pub fn detail(&self) -> Option<String> {
+        self.state.lock().1.clone()
+    }
+
     /// The life-cycle state.
     pub fn state(&self) -> TaskState {
         self.state.lock().0

@@ -158,10 +158,14 @@ impl Visitor {
         let items = out
             .items
             .into_iter()
-            .map(|x| Item {
+            .enumerate()
+            .map(|(i, x)| Item {
                 task: self.task.name.clone(),
                 kind: x.name,
                 url: final_url.to_string(),
+                // Extraction is deterministic, so a page processed again numbers its items
+                // the same way (what the SQL sinks key on).
+                index: u32::try_from(i).unwrap_or(u32::MAX),
                 fields: x.fields,
                 fetched_at,
             })

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::sink::SinkConfig;
+
 /// Which fetcher a task uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +117,10 @@ pub struct TaskConfig {
     /// ...or this many seconds since the last checkpoint, whichever comes first (default 10).
     #[serde(rename = "CheckpointInterval", default = "default_checkpoint_interval")]
     pub checkpoint_interval: f64,
+    /// Where this task's items go (`[Tasks.Sink]`); none: the config's `[Sink]`, else JSON
+    /// lines.
+    #[serde(rename = "Sink", default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkConfig>,
 }
 
 fn default_true() -> bool {
@@ -300,6 +306,7 @@ impl TaskConfig {
             concurrency_per_host: DEFAULT_CONCURRENCY_PER_HOST,
             checkpoint_pages: DEFAULT_CHECKPOINT_PAGES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL_SECS,
+            sink: None,
         }
     }
 

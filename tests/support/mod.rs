@@ -1,7 +1,7 @@
 //! The test fixtures every integration-test binary shares: free ports, waiting with deadlines,
 //! child processes, store clusters driven by `etcdctl`, stores (a real etcd process, our own
 //! in-process member), worker processes, master environments, an HTTP/1.1 GET, and the client
-//! scenarios run against any store.
+//! scenarios run against any store, and real PostgreSQL and MariaDB servers.
 //!
 //! Each test binary includes it with `mod support;` and uses only part of it.
 #![allow(dead_code)]
@@ -16,5 +16,6 @@ pub mod masters;
 pub mod our_store;
 pub mod ports;
 pub mod process;
+pub mod sql_servers;
 pub mod wait;
 pub mod worker_process;

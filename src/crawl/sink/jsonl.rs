@@ -1,95 +1,21 @@
-//! Where extracted items go. [`Sink`] is the interface (a database sink can implement it); the
-//! default, [`JsonlSinks`], appends JSON lines to `<dir>/<task>.jsonl`, one file per task,
-//! buffered in memory (whole lines, [`JSONL_BUFFER_BYTES`] at most) and flushed and synced to
-//! disk before each checkpoint, so a checkpoint never counts items that are not on disk.
+//! JSON lines under a directory: `<dir>/<task>.jsonl`, one file per task, buffered in memory
+//! (whole lines, [`JSONL_BUFFER_BYTES`] at most) and flushed and synced to disk before each
+//! checkpoint, so a checkpoint never counts items that are not on disk.
 //!
 //! Delivery is at least once: a page processed after the last checkpoint of a worker that died
 //! is processed again by the next one, so its items can appear twice (in each worker's file).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
+use super::api::{Item, Sink, SinkError, SinkFactory};
 use crate::client::BoxFuture;
+use crate::model::task::TaskConfig;
 
 /// Bytes of JSON lines a task's file buffers before writing them out.
 pub const JSONL_BUFFER_BYTES: usize = 256 * 1024;
-
-/// One extracted item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Item {
-    /// Task name.
-    pub task: String,
-    /// Item kind (`Items.Name` of the rule).
-    pub kind: String,
-    /// URL of the page it was found on.
-    pub url: String,
-    /// Fields in configured order; `None` = not found on the page.
-    pub fields: Vec<(String, Option<String>)>,
-    /// When the page was fetched.
-    pub fetched_at: SystemTime,
-}
-
-/// Fields as a JSON object in configured order.
-struct OrderedFields<'a>(&'a [(String, Option<String>)]);
-
-impl Serialize for OrderedFields<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-impl Serialize for Item {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(5))?;
-        m.serialize_entry("task", &self.task)?;
-        m.serialize_entry("item", &self.kind)?;
-        m.serialize_entry("url", &self.url)?;
-        m.serialize_entry("fields", &OrderedFields(&self.fields))?;
-        m.serialize_entry("fetched_at", &crate::util::time::rfc3339(self.fetched_at))?;
-        m.end()
-    }
-}
-
-/// Why a sink failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Disk (or database) I/O.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The item could not be encoded.
-    #[error("cannot encode an item: {0}")]
-    Encode(String),
-}
-
-/// A task's results destination.
-pub trait Sink: Send + Sync {
-    /// Take the items of one page (they may wait in a buffer until [`Sink::sync`]).
-    fn write<'a>(&'a self, items: &'a [Item]) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// Make everything written so far survive a machine crash (called before every
-    /// checkpoint).
-    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>>;
-}
-
-/// Opens the sink of a task when its run starts.
-pub trait SinkFactory: Send + Sync + 'static {
-    /// The sink for `task`.
-    fn open<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<Arc<dyn Sink>, SinkError>>;
-}
 
 /// JSON lines under a directory: `<dir>/<task>.jsonl`.
 #[derive(Clone, Debug)]
@@ -110,7 +36,7 @@ impl JsonlSinks {
 }
 
 impl SinkFactory for JsonlSinks {
-    fn open<'a>(&'a self, task: &'a str) -> BoxFuture<'a, Result<Arc<dyn Sink>, SinkError>> {
+    fn open<'a>(&'a self, task: &'a TaskConfig) -> BoxFuture<'a, Result<Arc<dyn Sink>, SinkError>> {
         Box::pin(async move {
             let io = |path: &Path| {
                 let path = path.to_path_buf();
@@ -119,7 +45,7 @@ impl SinkFactory for JsonlSinks {
             tokio::fs::create_dir_all(&self.dir)
                 .await
                 .map_err(io(&self.dir))?;
-            let path = Self::path(&self.dir, task);
+            let path = Self::path(&self.dir, &task.name);
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -186,6 +112,7 @@ impl Sink for JsonlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[tokio::test]
     async fn appends_json_lines() {
@@ -195,11 +122,12 @@ mod tests {
             task: "t".into(),
             kind: "book".into(),
             url: "http://h/1".into(),
+            index: 0,
             fields: vec![("z".into(), Some("1".into())), ("a".into(), None)],
             fetched_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500),
         };
         for _ in 0..2 {
-            let s = sinks.open("t").await.expect("open");
+            let s = sinks.open(&TaskConfig::named("t")).await.expect("open");
             s.write(std::slice::from_ref(&item)).await.expect("write");
             s.sync().await.expect("sync");
         }
