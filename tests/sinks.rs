@@ -30,7 +30,7 @@ use crawler::model::task::TaskConfig;
 use sqlx::Connection as _;
 use support::etcd::TcpProxy;
 use support::our_store::OurStore;
-use support::sql_servers::{Engine, SqlServer};
+use support::sql_servers::{stored, SqlServer};
 use support::wait::{eventually, eventually_some, within};
 use support::worker_process::WorkerProcess;
 
@@ -113,89 +113,6 @@ async fn finished(h: &dyn TaskHandle) {
     })
     .await;
     assert_eq!(r.state, TaskState::Finished, "{r:?}");
-}
-
-/// What a table holds for `task`: (rows, distinct urls, the `n` fields, the workers).
-async fn stored(
-    db: &SqlServer,
-    table: &str,
-    task: &str,
-) -> (i64, i64, BTreeSet<u64>, BTreeSet<String>) {
-    let dsn = db.dsn();
-    let (counts, ns, workers) = match engine_of(&dsn) {
-        Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&dsn).await.expect("connect");
-            let counts: (i64, i64) = sqlx::query_as(&format!(
-                "SELECT count(*), count(DISTINCT url) FROM {table} WHERE task = $1"
-            ))
-            .bind(task)
-            .fetch_one(&mut c)
-            .await
-            .expect("count");
-            let ns: Vec<(i64, i32)> = sqlx::query_as(&format!(
-                "SELECT (fields->>'n')::bigint, item_index FROM {table} WHERE task = $1"
-            ))
-            .bind(task)
-            .fetch_all(&mut c)
-            .await
-            .expect("fields");
-            let workers: Vec<(String,)> = sqlx::query_as(&format!(
-                "SELECT DISTINCT worker FROM {table} WHERE task = $1"
-            ))
-            .bind(task)
-            .fetch_all(&mut c)
-            .await
-            .expect("workers");
-            (counts, ns, workers)
-        }
-        Engine::MariaDb => {
-            let mut c = sqlx::MySqlConnection::connect(&dsn).await.expect("connect");
-            let counts: (i64, i64) = sqlx::query_as(&format!(
-                "SELECT count(*), count(DISTINCT url) FROM {table} WHERE task = ?"
-            ))
-            .bind(task)
-            .fetch_one(&mut c)
-            .await
-            .expect("count");
-            let ns: Vec<(i64, i32)> = sqlx::query_as(&format!(
-                "SELECT CAST(JSON_VALUE(fields, '$.n') AS SIGNED), item_index FROM {table} \
-                 WHERE task = ?"
-            ))
-            .bind(task)
-            .fetch_all(&mut c)
-            .await
-            .expect("fields");
-            let workers: Vec<(String,)> = sqlx::query_as(&format!(
-                "SELECT DISTINCT worker FROM {table} WHERE task = ?"
-            ))
-            .bind(task)
-            .fetch_all(&mut c)
-            .await
-            .expect("workers");
-            (counts, ns, workers)
-        }
-    };
-    for (_, index) in &ns {
-        assert_eq!(*index, 0, "one item per page");
-    }
-    let ns = ns
-        .into_iter()
-        .map(|(n, _)| u64::try_from(n).expect("n is not negative"))
-        .collect();
-    (
-        counts.0,
-        counts.1,
-        ns,
-        workers.into_iter().map(|(w,)| w).collect(),
-    )
-}
-
-fn engine_of(dsn: &str) -> Engine {
-    if dsn.starts_with("postgres") {
-        Engine::Postgres
-    } else {
-        Engine::MariaDb
-    }
 }
 
 /// Rows of `task` now (0 while the table does not exist yet).

@@ -315,7 +315,24 @@ Items = [{{ Name = "page", Fields = [{{ Name = "n", Selector = "span.n" }}] }}]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_added_at_runtime_runs_moves_and_obeys_on_a_three_master_cluster() {
+async fn a_task_added_at_runtime_runs_moves_and_obeys_into_postgres() {
+    let db = support::sql_servers::SqlServer::postgres().await;
+    a_task_added_at_runtime_runs_moves_and_obeys(&db, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_added_at_runtime_runs_moves_and_obeys_into_mariadb() {
+    let db = support::sql_servers::SqlServer::mariadb().await;
+    a_task_added_at_runtime_runs_moves_and_obeys(&db, "mysql").await;
+}
+
+/// On a three-master cluster whose workers have no `[[Tasks]]`, a task added with the CLI runs,
+/// survives kill -9 of its worker, shows its progress on every master, stores each item exactly
+/// once in `db`, and obeys pause, resume, a new spec, recrawl and delete.
+async fn a_task_added_at_runtime_runs_moves_and_obeys(
+    db: &support::sql_servers::SqlServer,
+    kind: &str,
+) {
     use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
     use std::sync::atomic::Ordering;
     use std::time::Duration;
@@ -388,8 +405,9 @@ async fn a_task_added_at_runtime_runs_moves_and_obeys_on_a_three_master_cluster(
         assert!(status_of(other, "synth").await.is_none());
 
         // Added through a follower with the CLI; it runs, and any master shows its progress.
+        let sink = format!("Sink = {{ Kind = \"{kind}\", DSN = \"{}\" }}", db.dsn());
         let spec = dir.path().join("synth.toml");
-        std::fs::write(&spec, synth_spec(&site.seed(), "")).expect("write spec");
+        std::fs::write(&spec, synth_spec(&site.seed(), &sink)).expect("write spec");
         let (ok, out, err) = task_cli(any, &["add", "-f", spec.to_str().expect("utf-8")]);
         assert!(ok, "{out}{err}");
         assert!(out.contains("added task synth"), "{out}");
@@ -447,7 +465,11 @@ async fn a_task_added_at_runtime_runs_moves_and_obeys_on_a_three_master_cluster(
         .await;
 
         // A new spec (a page bound) restarts the run with it, from its checkpoint.
-        std::fs::write(&spec, synth_spec(&site.seed(), "MaxPages = 400")).expect("write spec");
+        std::fs::write(
+            &spec,
+            synth_spec(&site.seed(), &format!("{sink}\nMaxPages = 400")),
+        )
+        .expect("write spec");
         let (ok, _, err) = task_cli(any, &["put", "synth", "-f", spec.to_str().expect("utf-8")]);
         assert!(ok, "{err}");
         let done = eventually_some("synth finished at its new bound", WAIT, || async {
@@ -459,6 +481,12 @@ async fn a_task_added_at_runtime_runs_moves_and_obeys_on_a_three_master_cluster(
         assert_eq!(done["resource_id"], resource_id);
         let pages = done["pages"].as_u64().expect("pages");
         assert!((400..=410).contains(&pages), "{done}");
+        // Every item exactly once in the database, across the move and the restarts.
+        let (rows, urls, _, workers) =
+            support::sql_servers::stored(db, "crawler_items", "synth").await;
+        assert_eq!(Some(rows as u64), done["items"].as_u64(), "{done}");
+        assert_eq!(rows, urls, "one item per page");
+        assert_eq!(workers.len(), 2, "both workers stored items: {workers:?}");
 
         // Recrawl: a new run from the seeds.
         let before = requests.load(Ordering::SeqCst);
