@@ -57,6 +57,40 @@ pub(crate) fn raft_config(
     })
 }
 
+/// Make a member that led before it stopped start as a follower, as etcd's members do.
+///
+/// openraft 0.9 restores a member whose persisted vote is its own committed vote as leader at
+/// once, in the same term, with the read index `max(committed, its term's first entry)`. The
+/// committed index is saved without a flush, so after a crash it can be behind writes this
+/// member acknowledged, and a linearizable read could be served from a state older than them
+/// until the followers' next answers. Keeping the vote (same term, same candidate) but not its
+/// committed flag makes the member a follower: it still never votes twice in that term, and
+/// whoever leads next does so in a new term whose first entry follows every acknowledged one.
+async fn start_as_follower(
+    log_store: &mut LogStore<TypeConfig>,
+    id: crate::NodeId,
+) -> Result<(), RaftError> {
+    use openraft::storage::RaftLogStorage as _;
+    let vote = log_store
+        .read_vote()
+        .await
+        .map_err(|e| RaftError::Internal(format!("read vote: {e}")))?;
+    if let Some(v) = vote {
+        if v.is_committed() && v.leader_id().voted_for() == Some(id) {
+            let demoted = openraft::Vote::new(v.leader_id().get_term(), id);
+            log_store
+                .save_vote(&demoted)
+                .await
+                .map_err(|e| RaftError::Internal(format!("save vote: {e}")))?;
+            tracing::debug!(
+                term = v.leader_id().get_term(),
+                "led before the restart; starting as a follower"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Start a member (see `RaftNode::start`).
 pub(crate) async fn start(
     cfg: NodeConfig,
@@ -115,7 +149,8 @@ pub(crate) async fn start(
             db_dir.display()
         )));
     }
-    let log_store = LogStore::<TypeConfig>::open_synced(&wal, &wal_dir)?;
+    let mut log_store = LogStore::<TypeConfig>::open_synced(&wal, &wal_dir)?;
+    start_as_follower(&mut log_store, ident.id).await?;
     let sm = StateMachine::open_synced(&db, &db_dir)?;
     let reader = sm.reader();
     sm.set_observer(observer);
