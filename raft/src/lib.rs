@@ -253,9 +253,15 @@ impl RaftNode {
     pub async fn promote_member(&self, id: NodeId) -> Result<(), RaftError> {
         self.admin(wire::AdminOp::Promote { id }).await.map(|_| ())
     }
-    /// Stop raft and the peer server; flush storage.
+    /// Stop raft and the peer server; flush storage. A leader first hands leadership to an
+    /// up-to-date voter (bounded by one election timeout).
     pub async fn shutdown(&self) -> Result<(), RaftError> {
-        self.inner.shutdown().await
+        self.inner.shutdown(true).await
+    }
+    /// Stop like [`RaftNode::shutdown`] but without handing leadership over: for the cluster,
+    /// what a crash of this member looks like (tests).
+    pub async fn shutdown_keeping_leadership(&self) -> Result<(), RaftError> {
+        self.inner.shutdown(false).await
     }
 
     async fn admin(&self, op: wire::AdminOp) -> Result<wire::AdminOk, RaftError> {

@@ -66,6 +66,9 @@ impl Inner {
         op: AdminOp,
         timeout: Duration,
     ) -> Result<AdminOk, WireError> {
+        if let AdminOp::Campaign = op {
+            return self.campaign_now().await.map(|()| AdminOk::Done);
+        }
         let leader = self.current_leader();
         if leader != Some(self.id) {
             return Err(WireError::NotLeader(leader));
@@ -78,6 +81,7 @@ impl Inner {
                     .map(AdminOk::Added),
                 AdminOp::Remove { id } => self.remove_on_leader(id).await.map(|()| AdminOk::Done),
                 AdminOp::Promote { id } => self.promote_on_leader(id).await.map(|()| AdminOk::Done),
+                AdminOp::Campaign => Ok(AdminOk::Done),
             }
         };
         tokio::time::timeout(timeout, fut)

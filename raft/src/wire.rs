@@ -146,6 +146,9 @@ pub enum AdminOp {
     Promote {
         id: NodeId,
     },
+    /// Start an election now: the leader is stopping and hands leadership to this member.
+    /// Runs on the member it is sent to, not on the leader.
+    Campaign,
 }
 
 /// `Admin` request.

@@ -651,7 +651,7 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     let l = c.leader().await;
     c.node(l).write(put("k", "v")).await.expect("write");
     let term = c.node(l).status().term;
-    c.stop(l).await;
+    c.crash(l).await;
     c.restart(l).await;
     let nl = c.leader().await;
     let now = c.node(nl).status().term;
@@ -662,5 +662,37 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     let n = c.node(l).clone();
     n.read_barrier().await.expect("read barrier");
     assert_eq!(get(&n, "k").as_deref(), Some(&b"v"[..]));
+    c.shutdown_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_leadership_over() {
+    // etcd hands leadership to an up-to-date follower on a clean stop; without it the others
+    // are leaderless for a whole election timeout.
+    let mut c = Cluster::start(3, 100_000).await;
+    let l = c.leader().await;
+    c.node(l).write(put("k", "v")).await.expect("write");
+    let old = c.node(l).id();
+    let term = c.node(l).status().term;
+    c.stop(l).await;
+    // At once, not after an election timeout: a remaining member already leads.
+    let leaders: Vec<_> = c
+        .running()
+        .iter()
+        .filter(|n| n.status().leader == Some(n.id()))
+        .map(|n| (n.id(), n.status().term))
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "a member leads when stop returns: {leaders:?}"
+    );
+    assert_ne!(leaders[0].0, old);
+    assert!(leaders[0].1 > term, "{leaders:?} after term {term}");
+    let nl = c.leader().await;
+    c.node(nl)
+        .write(put("k", "w"))
+        .await
+        .expect("write to the new leader");
     c.shutdown_all().await;
 }

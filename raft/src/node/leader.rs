@@ -75,7 +75,7 @@ pub(crate) enum LeaderOk {
 }
 
 impl Inner {
-    fn peer_url_of(&self, id: NodeId) -> Option<String> {
+    pub(crate) fn peer_url_of(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics();
         let b = m.borrow();
         b.membership_config

@@ -3,8 +3,9 @@
 //! This file only wires the rooms together: `inner` holds the member's shared state, `start` and
 //! `identity` bring it up, `leader` runs operations on the leader (here or forwarded), `tasks`
 //! are its background loops, `peer` serves the peer service, `status` answers what the member
-//! knows, `shutdown` stops it. Membership changes are in `crate::membership`.
+//! knows, `handoff` hands leadership over and `shutdown` stops it. Membership changes are in `crate::membership`.
 
+mod handoff;
 mod identity;
 mod inner;
 mod leader;

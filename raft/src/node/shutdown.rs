@@ -10,17 +10,24 @@ use crate::RaftError;
 use super::inner::Inner;
 
 impl Inner {
-    /// Stop raft, the peer server and background tasks; flush storage. Idempotent.
-    pub(crate) async fn shutdown(&self) -> Result<(), RaftError> {
+    /// Stop raft, the peer server and background tasks; flush storage. Idempotent. With
+    /// `hand_off`, a leader first hands leadership over.
+    pub(crate) async fn shutdown(&self, hand_off: bool) -> Result<(), RaftError> {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        // Hand leadership over first, while the peer server still answers the new leader's vote
+        // request.
+        if hand_off {
+            self.hand_off_leadership().await;
         }
         let _ = self.shutdown_tx.send(true);
         let raft_res = self.raft.shutdown().await;
         let server = self.server.lock().take();
         if let Some(mut h) = server {
-            // Graceful stop waits for open peer connections; don't hang on a stuck one.
-            if tokio::time::timeout(Duration::from_secs(2), &mut h)
+            // Graceful stop waits for open peer connections, which peers keep open: raft is
+            // stopped, so there is nothing left for them; don't wait long.
+            if tokio::time::timeout(Duration::from_millis(200), &mut h)
                 .await
                 .is_err()
             {

@@ -206,7 +206,7 @@ pub(crate) async fn start(
                 // Another initial member's identical config got here first.
                 Err(OrRaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => {
-                    let _ = inner.shutdown().await;
+                    let _ = inner.shutdown(false).await;
                     return Err(RaftError::Internal(format!("bootstrap cluster: {e}")));
                 }
             }

@@ -246,6 +246,13 @@ impl Cluster {
         }
     }
 
+    /// Stop member `i` as a crash would: a leader hands nothing over.
+    pub async fn crash(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown_keeping_leadership().await.expect("shutdown");
+        }
+    }
+
     pub async fn restart(&mut self, i: usize) {
         let n = start_retrying(self.cfgs[i].clone())
             .await
