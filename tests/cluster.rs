@@ -420,3 +420,52 @@ fn a_peer_outage_logs_a_bounded_number_of_lines() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Members that report themselves as leader, by index.
+fn self_leaders(c: &mut Cluster) -> Vec<usize> {
+    let mut out = Vec::new();
+    for i in 0..c.nodes.len() {
+        if !c.node(i).is_running() {
+            continue;
+        }
+        let ep = c.ep(i).trim_start_matches("http://").to_string();
+        let o = etcdctl_t(&ep, "2s", &["endpoint", "status", "-w", "json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
+            continue;
+        };
+        let st = &v[0]["Status"];
+        if st["leader"]
+            .as_u64()
+            .is_some_and(|l| l != 0 && Some(l) == st["header"]["member_id"].as_u64())
+        {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_leader_stopped_cleanly_hands_leadership_over() {
+    // etcd transfers leadership on a clean stop; so do we: when the old leader has exited, a
+    // remaining member already leads, with no election timeout in between.
+    let mut c = Cluster::start(3);
+    c.wait_healthy(T);
+    let l = c.wait_leader(T);
+    let ep = c.ep((l + 1) % 3);
+    assert!(etcdctl(&ep, &["put", "k", "v"]).status.success());
+    c.node(l).terminate(T);
+    let leaders = self_leaders(&mut c);
+    assert_eq!(
+        leaders.len(),
+        1,
+        "a member leads when the old leader has exited: {leaders:?}\n{}",
+        c.logs(20)
+    );
+    assert_ne!(leaders[0], l);
+    let out = etcdctl_t(&ep, "2s", &["put", "k", "w"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
