@@ -20,14 +20,13 @@ use crawler::client::{KvClient, KvClientExt};
 use crawler::config::Config;
 use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
 use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
-use crawler::crawl::{CrawlOptions, CrawlRunner};
+use crawler::crawl::CrawlRunner;
 use crawler::master::{Master, MasterConfig, ResourceStore};
-use crawler::model::resource::Resource;
-use crawler::model::runner::{TaskRunner, TaskSpec, TaskState};
-use crawler::model::task::TaskConfig;
+use crawler::model::runner::{TaskRunner, TaskSpec};
 use crawler::worker::{Worker, WorkerOptions};
 use support::http;
 use support::our_store::OurStore;
+use support::synth::{addr, finished, options, put_resource, resource, task, task_toml};
 use support::wait::{eventually, within};
 use support::worker_process::WorkerProcess;
 
@@ -38,79 +37,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
 async fn run<F: std::future::Future<Output = ()>>(f: F) {
     within(TEST_DEADLINE, f).await;
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
-
-/// A task crawling the synthetic site from `seed`, every page an item.
-fn task_toml(name: &str, seed: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[Tasks]]
-Name = "{name}"
-URLs = ["{seed}"]
-AllowedDomains = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-Robots = false
-Retries = 0
-Timeout = 20
-{extra}
-
-[[Tasks.Rules]]
-Follow = ["ul a"]
-Items = [{{ Name = "page", Fields = [{{ Name = "n", Selector = "span.n" }}] }}]
-"#
-    )
-}
-
-fn task(name: &str, seed: &str, extra: &str) -> TaskConfig {
-    Config::parse(&task_toml(name, seed, extra), "test.toml")
-        .expect("config")
-        .tasks
-        .remove(0)
-}
-
-fn resource(name: &str, id: &str) -> Resource {
-    Resource {
-        id: id.into(),
-        name: name.into(),
-        assigned_node: "go.micro.server.worker-t|127.0.0.1:1".into(),
-        creation_time: 1,
-    }
-}
-
-async fn put_resource(c: &Arc<dyn KvClient>, r: &Resource) {
-    c.put_kv(
-        format!("/resources/{}", r.name),
-        serde_json::to_vec(r).expect("resource JSON"),
-        0,
-    )
-    .await
-    .expect("put resource");
-}
-
-fn options(dir: &Path) -> CrawlOptions {
-    let mut o = CrawlOptions::new(dir);
-    o.progress_every = Duration::from_secs(5);
-    o.writer = "test".into();
-    o
-}
-
-async fn finished(h: &dyn crawler::model::runner::TaskHandle) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = h.report();
-        if r.state != TaskState::Running {
-            assert_eq!(r.state, TaskState::Finished, "{r:?}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still running: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +72,7 @@ async fn concurrency_stays_within_the_task_and_host_bounds() {
             })
             .await
             .expect("start");
-        finished(h.as_ref()).await;
+        finished(h.as_ref(), WAIT).await;
         let stats = h.report().stats;
         h.stop().await;
 
@@ -206,7 +132,7 @@ async fn two_tasks_on_one_host_share_its_budget() {
             );
         }
         for h in &handles {
-            finished(h.as_ref()).await;
+            finished(h.as_ref(), WAIT).await;
         }
         for h in handles {
             h.stop().await;

@@ -11,26 +11,23 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crawler::client::{KvClient, KvClientExt};
+use crawler::client::KvClientExt;
 use crawler::config::Config;
 use crawler::crawl::checkpoint::{CheckpointStore, DoneMarker, Manifest};
 use crawler::crawl::sink::{Item, RoutingSinks, SinkFactory};
 use crawler::crawl::synthetic_site::{SiteOptions, SyntheticSite};
-use crawler::crawl::{CrawlOptions, CrawlRunner};
+use crawler::crawl::CrawlRunner;
 use crawler::master::{Master, MasterConfig};
-use crawler::model::resource::Resource;
-use crawler::model::runner::{TaskHandle, TaskRunner, TaskSpec, TaskState};
-use crawler::model::task::TaskConfig;
+use crawler::model::runner::{TaskRunner, TaskSpec, TaskState};
 use sqlx::Connection as _;
 use support::etcd::TcpProxy;
 use support::our_store::OurStore;
 use support::sql_servers::{stored, SqlServer};
+use support::synth::{addr, finished, options, put_resource, resource, task, task_toml};
 use support::wait::{eventually, eventually_some, within};
 use support::worker_process::WorkerProcess;
 
@@ -43,76 +40,9 @@ async fn run<F: std::future::Future<Output = ()>>(f: F) {
     within(TEST_DEADLINE, f).await;
 }
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
-
-/// A task crawling the synthetic site from `seed`, every page an item; `extra` goes in the
-/// task's table (e.g. its `Sink`).
-fn task_toml(name: &str, seed: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[Tasks]]
-Name = "{name}"
-URLs = ["{seed}"]
-Robots = false
-Retries = 0
-Timeout = 20
-{extra}
-
-[[Tasks.Rules]]
-Follow = ["ul a"]
-Items = [{{ Name = "page", Fields = [{{ Name = "n", Selector = "span.n" }}] }}]
-"#
-    )
-}
-
-fn task(name: &str, seed: &str, extra: &str) -> TaskConfig {
-    Config::parse(&task_toml(name, seed, extra), "test.toml")
-        .expect("config")
-        .tasks
-        .remove(0)
-}
-
 /// `Sink = { ... }` of a task writing to `db`.
 fn sink_line(db: &SqlServer, kind: &str) -> String {
     format!("Sink = {{ Kind = \"{kind}\", DSN = \"{}\" }}", db.dsn())
-}
-
-fn resource(name: &str, id: &str) -> Resource {
-    Resource {
-        id: id.into(),
-        name: name.into(),
-        assigned_node: "go.micro.server.worker-t|127.0.0.1:1".into(),
-        creation_time: 1,
-    }
-}
-
-async fn put_resource(c: &Arc<dyn KvClient>, r: &Resource) {
-    c.put_kv(
-        format!("/resources/{}", r.name),
-        serde_json::to_vec(r).expect("resource JSON"),
-        0,
-    )
-    .await
-    .expect("put resource");
-}
-
-fn options(dir: &Path) -> CrawlOptions {
-    let mut o = CrawlOptions::new(dir);
-    o.progress_every = Duration::from_secs(5);
-    o.writer = "test".into();
-    o
-}
-
-/// Wait until the run ends, which must be as finished.
-async fn finished(h: &dyn TaskHandle) {
-    let r = eventually_some("the crawl ends", WAIT * 2, || {
-        let r = h.report();
-        async move { (r.state != TaskState::Running).then_some(r) }
-    })
-    .await;
-    assert_eq!(r.state, TaskState::Finished, "{r:?}");
 }
 
 /// Rows of `task` now (0 while the table does not exist yet).
@@ -171,7 +101,7 @@ async fn crawl_stores_every_item_once(db: SqlServer, kind: &str) {
         })
         .await
         .expect("start");
-    finished(h.as_ref()).await;
+    finished(h.as_ref(), WAIT * 2).await;
     h.stop().await;
     assert_exactly_once(&db, "crawler_items", "synth", PAGES).await;
     let (_, _, _, workers) = stored(&db, "crawler_items", "synth").await;
@@ -288,7 +218,7 @@ async fn killed_mid_crawl_the_crawl_waits(mut db: SqlServer, kind: &str) {
     assert!(p1 < PAGES, "killed mid-crawl");
 
     db.restart().await;
-    finished(h.as_ref()).await;
+    finished(h.as_ref(), WAIT * 2).await;
     h.stop().await;
     assert_exactly_once(&db, "crawler_items", "synth", PAGES).await;
     store.stop().await;

@@ -17,5 +17,6 @@ pub mod our_store;
 pub mod ports;
 pub mod process;
 pub mod sql_servers;
+pub mod synth;
 pub mod wait;
 pub mod worker_process;
