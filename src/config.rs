@@ -179,6 +179,10 @@ pub struct ServerConfig {
     /// default 10).
     #[serde(rename = "TaskRetryBackoff", default)]
     pub task_retry_backoff: Option<u64>,
+    /// Bearer token the master's HTTP and gRPC APIs require (masters only; `/health` and
+    /// `/readyz` stay open). `CRAWLER_API_TOKEN` / `--api-token` override it.
+    #[serde(rename = "APIToken", default)]
+    pub api_token: Option<String>,
 }
 
 /// Retries of a failed task run when the config sets none.
@@ -250,6 +254,8 @@ pub struct ServerSettings {
     pub task_retries: u32,
     /// Workers: pause before the first retry.
     pub task_retry_backoff: Duration,
+    /// Masters: the bearer token the APIs require (`None`: open).
+    pub api_token: Option<String>,
 }
 
 impl ServerSettings {
@@ -451,6 +457,12 @@ impl ServerConfig {
                 .task_retries
                 .unwrap_or(DEFAULT_TASK_RETRIES_AFTER_FAILURE),
             task_retry_backoff,
+            api_token: self
+                .api_token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
         })
     }
 }

@@ -13,7 +13,7 @@ use crawler_proto::crawler::{Empty, TaskRequest};
 use support::master_env::{self, grpc, http, http_addr, on_both, Env, Kind, WAIT};
 use support::wait::eventually_some;
 
-on_both!(task_api_semantics);
+on_both!(task_api_semantics, an_api_token_guards_the_master_api);
 
 const SPEC: &str = r#"{"Name":"t1","URLs":["http://127.0.0.1:9/"],"MaxPages":5}"#;
 
@@ -542,4 +542,53 @@ fn the_readme_example_spec_is_valid() {
     let spec = crawler::crawl::validate::parse_spec_json(&json).expect("a valid spec");
     assert_eq!(spec.name, "books");
     assert_eq!(spec.rules.len(), 2);
+}
+
+async fn an_api_token_guards_the_master_api(env: Arc<Env>) {
+    let mut cfg = env.master_config(1, &[]);
+    cfg.api_token = Some("s3cret".into());
+    let leader = env.start_master(cfg).await;
+    assert!(leader.wait_ready(WAIT).await, "leader ready");
+    let mut fcfg = env.master_config(2, &[]);
+    fcfg.campaign = false;
+    fcfg.api_token = Some("s3cret".into());
+    let follower = env.start_master(fcfg).await;
+    let fh = http_addr(&follower);
+    // Without the token: 401 JSON; the probes stay open.
+    let (status, body) = http(fh, "GET", "/crawler/tasks", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("token")),
+        "{body}"
+    );
+    let (status, _) = http(fh, "POST", "/crawler/tasks", Some(SPEC)).await;
+    assert_eq!(status, 401);
+    assert!(
+        resource(&env.client(), "t1").await.is_none(),
+        "nothing written"
+    );
+    for probe in ["/health", "/readyz"] {
+        let (status, _) = http(fh, "GET", probe, None).await;
+        assert_ne!(status, 401, "{probe}");
+    }
+    // With it: the CLI adds through the follower, which forwards to the leader with the token.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = dir.path().join("t1.json");
+    std::fs::write(&spec, SPEC).expect("write spec");
+    let file = spec.to_str().expect("utf-8");
+    let (ok, _, err) = task_cli(fh, &["add", "-f", file]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = task_cli(fh, &["--api-token", "s3cret", "add", "-f", file]);
+    assert!(ok, "{out}{err}");
+    assert!(resource(&env.client(), "t1").await.is_some());
+    // gRPC: the same token in `authorization`.
+    let mut g = grpc(&follower).await;
+    let err = g.list_tasks(Empty {}).await.expect_err("no token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(Empty {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().expect("metadata"));
+    g.list_tasks(req).await.expect("with the token");
+    leader.shutdown().await;
+    follower.shutdown().await;
 }

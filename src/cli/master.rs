@@ -37,6 +37,10 @@ pub struct MasterArgs {
     /// store member; the store flags below are then ignored.
     #[arg(long)]
     pub etcd_endpoints: Option<String>,
+    /// Bearer token the master's HTTP and gRPC APIs require (overrides `[MasterServer]
+    /// APIToken`; `/health` and `/readyz` stay open).
+    #[arg(long, env = "CRAWLER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// The embedded store member (same flags as `crawler store`).
     #[command(flatten)]
     pub store: StoreArgs,
@@ -72,7 +76,15 @@ async fn run(args: MasterArgs, cfg: Config) -> anyhow::Result<()> {
     let settings = cfg
         .master_server
         .resolve(Role::Master, &overrides, &origin)?;
-    let mcfg = master_config(&settings, &cfg)?;
+    let mut mcfg = master_config(&settings, &cfg)?;
+    if let Some(t) = args
+        .api_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        mcfg.api_token = Some(t.to_string());
+    }
     // External store when asked for on the command line or in the file; else embed a member.
     let external = args.etcd_endpoints.is_some() || cfg.master_server.registry_address.is_some();
     let (member, client): (Option<Member>, Arc<dyn KvClient>) = if external {

@@ -12,6 +12,9 @@ pub struct TaskArgs {
     /// A master's HTTP API (any master: writes are forwarded to the leader).
     #[arg(long, env = "CRAWLER_MASTER", default_value = "http://127.0.0.1:8081")]
     pub master: String,
+    /// The masters' API token, when they require one.
+    #[arg(long, env = "CRAWLER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: TaskCommand,
@@ -139,10 +142,11 @@ fn read_specs(path: &Path) -> Result<Vec<Value>, CliError> {
 struct Api {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Api {
-    fn new(master: &str) -> Self {
+    fn new(master: &str, token: Option<String>) -> Self {
         let base = if master.contains("://") {
             master.trim_end_matches('/').to_string()
         } else {
@@ -151,6 +155,7 @@ impl Api {
         Self {
             base,
             http: reqwest::Client::new(),
+            token,
         }
     }
 
@@ -162,6 +167,9 @@ impl Api {
     ) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -274,7 +282,7 @@ fn summary(t: &Value) -> String {
 
 async fn run(args: TaskArgs) -> Result<(), CliError> {
     use reqwest::Method;
-    let api = Api::new(&args.master);
+    let api = Api::new(&args.master, args.api_token.clone());
     match args.command {
         TaskCommand::Add { file } => {
             let specs = read_specs(&file)?;

@@ -29,6 +29,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
+    /// `authorization` metadata for a leader that requires the masters' token.
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -37,12 +39,25 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-fn request<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req.set_timeout(CALL_TIMEOUT);
-    req
+impl Forwarder {
+    /// Forwarding with the masters' API token (if any).
+    pub fn new(token: Option<String>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            auth: token.and_then(|t| format!("Bearer {t}").parse().ok()),
+        }
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(a) = &self.auth {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        req.set_timeout(CALL_TIMEOUT);
+        req
+    }
 }
 
 /// A forwarded call's failure: a status from the leader passes through; a transport failure says
@@ -78,7 +93,7 @@ impl Forwarder {
     pub async fn add_resource(&self, addr: &str, name: &str) -> Result<AddOutcome, ApiError> {
         let mut c = self.client(addr)?;
         let reply = c
-            .add_resource(request(ResourceSpec {
+            .add_resource(self.request(ResourceSpec {
                 name: name.to_string(),
                 ..ResourceSpec::default()
             }))
@@ -103,7 +118,7 @@ impl Forwarder {
     /// Forward a delete to the leader at `addr`.
     pub async fn delete_resource(&self, addr: &str, name: &str) -> Result<(), ApiError> {
         let mut c = self.client(addr)?;
-        c.delete_resource(request(ResourceSpec {
+        c.delete_resource(self.request(ResourceSpec {
             name: name.to_string(),
             ..ResourceSpec::default()
         }))
@@ -123,15 +138,17 @@ impl Forwarder {
     ) -> Result<Option<TaskDetail>, ApiError> {
         let mut c = self.client(addr)?;
         let reply = c
-            .task_command(request(TaskRequest {
-                name: name.to_string(),
-                action: cmd.action().to_string(),
-                spec_json: cmd
-                    .spec()
-                    .map(|t| serde_json::to_string(t).unwrap_or_default())
-                    .unwrap_or_default(),
-                purge: matches!(cmd, TaskCommand::Delete { purge: true }),
-            }))
+            .task_command(
+                self.request(TaskRequest {
+                    name: name.to_string(),
+                    action: cmd.action().to_string(),
+                    spec_json: cmd
+                        .spec()
+                        .map(|t| serde_json::to_string(t).unwrap_or_default())
+                        .unwrap_or_default(),
+                    purge: matches!(cmd, TaskCommand::Delete { purge: true }),
+                }),
+            )
             .await
             .map_err(|s| failed(addr, s))?
             .into_inner();

@@ -130,7 +130,25 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let svc = CrawlerMasterServer::new(Service { inner });
+    let token = inner.api_token.clone();
+    let svc = CrawlerMasterServer::with_interceptor(Service { inner }, move |req: Request<()>| {
+        match &token {
+            Some(t) => {
+                let auth = req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                if super::http_body::bearer_ok(auth, t) {
+                    Ok(req)
+                } else {
+                    Err(Status::unauthenticated(
+                        "missing or wrong API token (authorization: Bearer <token>)",
+                    ))
+                }
+            }
+            None => Ok(req),
+        }
+    });
     let r = tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -14,6 +14,9 @@
 //!   serve (the ready leader, confirmed by a linearizable read; or a follower that reaches one),
 //!   else 503 `{"ready":false,"error":..}` (no leader, no quorum: within about a second)
 //!
+//! With an API token configured (`[MasterServer] APIToken`), every request but `/health` and
+//! `/readyz` must carry `Authorization: Bearer <token>` (else 401).
+//!
 //! Bodies must be JSON (`Content-Type: application/json`, else 415) with known fields only, at
 //! most [`MAX_BODY_BYTES`] (else 413).
 //!
@@ -228,6 +231,10 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            super::http_body::require_token,
+        ))
         .with_state(inner)
 }
 

@@ -12,6 +12,49 @@ use serde_json::json;
 
 use super::state::Inner;
 
+/// Paths answered without the API token: the probes.
+const OPEN_PATHS: [&str; 2] = ["/health", "/readyz"];
+
+/// `a == b` in time independent of where they differ (a token compare).
+pub(super) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Does an `authorization` value carry the token?
+pub(super) fn bearer_ok(header: Option<&str>, token: &str) -> bool {
+    header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Middleware: with an API token configured, every request but the probes must carry
+/// `Authorization: Bearer <token>` (else 401).
+pub(super) async fn require_token(
+    State(inner): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &inner.api_token {
+        let open = OPEN_PATHS.contains(&req.uri().path());
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !open && !bearer_ok(auth, token) {
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API token (Authorization: Bearer <token>)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
 /// The handlers' state.
 pub(super) type Shared = State<Arc<Inner>>;
 

@@ -84,6 +84,8 @@ pub struct MasterConfig {
     /// (a worker that joins late gets its share); off by default, as moving a task costs the
     /// pages fetched since its last checkpoint.
     pub rebalance: bool,
+    /// Bearer token the HTTP and gRPC APIs require (`None`: open; `/health`, `/readyz` always).
+    pub api_token: Option<String>,
 }
 
 impl MasterConfig {
@@ -103,6 +105,7 @@ impl MasterConfig {
             resync_interval: Duration::from_secs(10),
             campaign: true,
             rebalance: false,
+            api_token: None,
         }
     }
 
@@ -122,6 +125,7 @@ impl MasterConfig {
         cfg.seed_specs = tasks.to_vec();
         cfg.session_ttl = s.session_ttl;
         cfg.rebalance = s.rebalance;
+        cfg.api_token = s.api_token.clone();
         Ok(cfg)
     }
 }
@@ -275,6 +279,17 @@ impl Master {
             })?),
             _ => None,
         };
+        if cfg.api_token.is_none() {
+            for (what, addr) in [("gRPC", Some(grpc_addr)), ("HTTP", http_addr)] {
+                if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                    tracing::warn!(
+                        api = what,
+                        address = %a,
+                        "the master API is reachable from other hosts with no token and no TLS: anyone who reaches it can add, change and delete tasks; set [MasterServer] APIToken (or CRAWLER_API_TOKEN), or listen on 127.0.0.1"
+                    );
+                }
+            }
+        }
         let advertised =
             crate::util::url::advertise_address(grpc_addr, cfg.grpc_advertise.as_deref());
         let value = election::master_value(cfg.id, &advertised);
@@ -301,7 +316,8 @@ impl Master {
             ids,
             term: watch::channel(None).0,
             op_lock: tokio::sync::Mutex::new(()),
-            forward: forward::Forwarder::default(),
+            forward: forward::Forwarder::new(cfg.api_token.clone()),
+            api_token: cfg.api_token.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let workers_task = tokio::spawn(workers.run());

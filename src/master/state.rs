@@ -104,6 +104,8 @@ pub struct Inner {
     pub op_lock: tokio::sync::Mutex<()>,
     /// Clients to the leader for forwarded writes.
     pub forward: Forwarder,
+    /// The bearer token the APIs require, if any.
+    pub api_token: Option<String>,
 }
 
 impl Inner {
