@@ -235,6 +235,29 @@ async fn task_api_semantics(env: Arc<Env>) {
     assert_eq!(body["status"]["state"], "no_spec", "{body}");
     assert!(body["spec"].is_null());
 
+    // A spec stored by hand that is not valid shows as such, and can be replaced and deleted.
+    put(
+        &client,
+        "/crawler/specs/odd",
+        br#"{"Name":"odd","Bogus":1}"#.to_vec(),
+    )
+    .await;
+    let (_, body) = http(fh, "GET", "/crawler/tasks/odd", None).await;
+    assert_eq!(body["status"]["state"], "invalid", "{body}");
+    let (status, body) = http(fh, "POST", "/crawler/tasks/odd/pause", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(
+        fh,
+        "PUT",
+        "/crawler/tasks/odd",
+        Some(&SPEC.replace("t1", "odd")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"]["state"], "assigned", "{body}");
+    let (status, _) = http(fh, "DELETE", "/crawler/tasks/odd?purge=true", None).await;
+    assert_eq!(status, 200);
+
     // The gRPC API says the same.
     let mut g = grpc(&follower).await;
     let list = g.list_tasks(Empty {}).await.expect("list").into_inner();

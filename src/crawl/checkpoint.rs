@@ -295,6 +295,21 @@ impl CheckpointStore {
     /// Read the resource key and check it is still `expected` (same ID and node); the guard of
     /// every later write. `Err(NotOwner)` when it is not.
     pub async fn guard(&self, expected: &Resource) -> Result<OwnerGuard, CheckpointError> {
+        self.guard_if(expected, false).await
+    }
+
+    /// [`Self::guard`] for the last checkpoint of a stopping run: a resource with the same ID
+    /// that is now unassigned (paused, or its worker deemed gone) is still this run's to
+    /// checkpoint; nobody else runs it, and an assignment rewrites the value, refusing the write.
+    pub async fn guard_at_stop(&self, expected: &Resource) -> Result<OwnerGuard, CheckpointError> {
+        self.guard_if(expected, true).await
+    }
+
+    async fn guard_if(
+        &self,
+        expected: &Resource,
+        unassigned_ok: bool,
+    ) -> Result<OwnerGuard, CheckpointError> {
         let kv = self
             .client
             .get(self.resource_key.clone())
@@ -303,7 +318,9 @@ impl CheckpointStore {
             .ok_or(CheckpointError::NotOwner)?;
         let r: Resource =
             serde_json::from_slice(&kv.value).map_err(|_| CheckpointError::NotOwner)?;
-        if r.id != expected.id || r.assigned_node != expected.assigned_node {
+        let same_node = r.assigned_node == expected.assigned_node
+            || (unassigned_ok && r.assigned_node.is_empty());
+        if r.id != expected.id || !same_node {
             return Err(CheckpointError::NotOwner);
         }
         Ok(OwnerGuard {

@@ -492,7 +492,7 @@ impl Run {
     /// The last checkpoint of a stopping run: errors are only logged.
     async fn checkpoint_quietly(&mut self, stop: &mut watch::Receiver<bool>) {
         let store = self.store.clone();
-        let Ok(mut guard) = store.guard(&self.resource).await else {
+        let Ok(mut guard) = store.guard_at_stop(&self.resource).await else {
             return;
         };
         if let Err(e) = self.checkpoint(&mut guard, stop).await {

@@ -39,13 +39,18 @@ struct TaskRecord {
     name: String,
     spec: Option<(TaskConfig, i64)>,
     resource: Option<StoredResource>,
+    /// Mod revisions of the spec and resource keys as stored, readable or not (the compares).
+    spec_rev: Option<i64>,
+    resource_rev: Option<i64>,
+    /// Why a stored value could not be read (a PUT or DELETE rewrites or removes it).
+    invalid: Option<String>,
     paused: Option<i64>,
     progress: Option<TaskProgress>,
 }
 
 impl TaskRecord {
     fn exists(&self) -> bool {
-        self.spec.is_some() || self.resource.is_some()
+        self.spec_rev.is_some() || self.resource_rev.is_some()
     }
 
     fn status(&self) -> TaskStatus {
@@ -63,6 +68,13 @@ impl TaskRecord {
             last_checkpoint: None,
             updated_at: None,
         };
+        if let Some(why) = &self.invalid {
+            s.state = "invalid".into();
+            s.detail = Some(format!(
+                "{why}; PUT a spec to rewrite it, or DELETE the task"
+            ));
+            return s;
+        }
         let Some(r) = &self.resource else {
             s.state = "stopped".into();
             s.detail = Some("no resource: PUT the task to run it again".into());
@@ -106,9 +118,15 @@ impl TaskRecord {
         s
     }
 
+    /// Spec and status as the API shows them (a sink's DSN without its password).
     fn detail(&self) -> TaskDetail {
+        let spec = self.spec.as_ref().map(|(t, _)| {
+            let mut t = t.clone();
+            t.sink = t.sink.as_ref().map(|s| s.redacted());
+            t
+        });
         TaskDetail {
-            spec: self.spec.as_ref().map(|(t, _)| t.clone()),
+            spec,
             status: self.status(),
         }
     }
@@ -228,8 +246,8 @@ impl Inner {
         let rec = self.read_task(name).await?;
         let rkey = resource_key(name);
         let mut conds = vec![
-            unchanged(rkey.clone(), rec.resource.as_ref().map(|r| r.mod_revision)),
-            unchanged(spec_key(name), rec.spec.as_ref().map(|s| s.1)),
+            unchanged(rkey.clone(), rec.resource_rev),
+            unchanged(spec_key(name), rec.spec_rev),
         ];
         if rec.exists() {
             conds.push(unchanged(paused_key(name), rec.paused));
@@ -263,7 +281,17 @@ impl Inner {
                 if !rec.exists() {
                     return Err(not_found(name));
                 }
+                // A spec sent back as GET showed it: the stored DSN password stays.
+                let mut spec = spec.clone();
+                if let (Some(new), Some(old)) = (
+                    spec.sink.as_mut(),
+                    rec.spec.as_ref().and_then(|(t, _)| t.sink.as_ref()),
+                ) {
+                    new.restore_password(old);
+                }
+                let spec = &spec;
                 ops.push(put(spec_key(name), spec_json(spec)));
+                // No resource, or an unreadable one: a new one.
                 if rec.resource.is_none() {
                     let assigned = if rec.paused.is_some() {
                         String::new()
@@ -293,7 +321,12 @@ impl Inner {
             }
             TaskCommand::Pause | TaskCommand::Resume | TaskCommand::Recrawl => {
                 let Some(stored) = &rec.resource else {
-                    return Err(not_found(name));
+                    return Err(match &rec.invalid {
+                        Some(why) => ApiError::InvalidArgument(format!(
+                            "task {name}: {why}; PUT a spec to rewrite it"
+                        )),
+                        None => not_found(name),
+                    });
                 };
                 let mut r = stored.resource.clone();
                 match cmd {
@@ -442,31 +475,36 @@ impl Inner {
             let Some(name) = name_after(kv, RESOURCE_PREFIX) else {
                 continue;
             };
-            if let Ok(r) = Resource::decode(&kv.value) {
-                let n = entry(&mut out, name);
-                if let Some(t) = out.get_mut(&n) {
+            let n = entry(&mut out, name);
+            let Some(t) = out.get_mut(&n) else {
+                continue;
+            };
+            t.resource_rev = Some(kv.mod_revision);
+            match Resource::decode(&kv.value) {
+                Ok(r) => {
                     t.resource = Some(StoredResource {
                         resource: Resource {
                             name: n.clone(),
                             ..r
                         },
                         mod_revision: kv.mod_revision,
-                    });
+                    })
                 }
+                Err(e) => t.invalid = Some(format!("the stored resource is unreadable: {e}")),
             }
         }
         for kv in &specs {
             let Some(name) = name_after(kv, SPEC_PREFIX) else {
                 continue;
             };
+            let n = entry(&mut out, name);
+            let Some(rec) = out.get_mut(&n) else {
+                continue;
+            };
+            rec.spec_rev = Some(kv.mod_revision);
             match parse_spec_json(&kv.value) {
-                Ok(t) => {
-                    let n = entry(&mut out, name);
-                    if let Some(rec) = out.get_mut(&n) {
-                        rec.spec = Some((t, kv.mod_revision));
-                    }
-                }
-                Err(e) => tracing::warn!(task = %name, error = %e, "invalid spec in the store"),
+                Ok(t) => rec.spec = Some((t, kv.mod_revision)),
+                Err(e) => rec.invalid = Some(format!("the stored spec is invalid: {e}")),
             }
         }
         for kv in &paused {

@@ -52,9 +52,80 @@ pub struct SinkConfig {
     pub table: Option<String>,
 }
 
+/// What a DSN's password is shown as in the task API.
+pub const REDACTED: &str = "***";
+
+/// `dsn` with its password replaced by [`REDACTED`] (unchanged when it has none or is no URL).
+pub fn redact_dsn(dsn: &str) -> String {
+    match url::Url::parse(dsn) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(REDACTED));
+            u.to_string()
+        }
+        _ => dsn.to_string(),
+    }
+}
+
 impl SinkConfig {
+    /// The same settings with the DSN's password hidden (what the API shows).
+    pub fn redacted(&self) -> Self {
+        Self {
+            dsn: self.dsn.as_deref().map(redact_dsn),
+            ..self.clone()
+        }
+    }
+
+    /// A DSN submitted with a [`REDACTED`] password (as the API showed it) takes the password
+    /// of `stored`, when that DSN is the same but for the password.
+    pub fn restore_password(&mut self, stored: &SinkConfig) {
+        let (Some(new), Some(old)) = (self.dsn.as_deref(), stored.dsn.as_deref()) else {
+            return;
+        };
+        let (Ok(mut n), Ok(o)) = (url::Url::parse(new), url::Url::parse(old)) else {
+            return;
+        };
+        if n.password() != Some(REDACTED) || redact_dsn(old) != new {
+            return;
+        }
+        if n.set_password(o.password()).is_ok() {
+            self.dsn = Some(n.to_string());
+        }
+    }
+
     /// The table items go to.
     pub fn table(&self) -> &str {
         self.table.as_deref().unwrap_or(DEFAULT_SINK_TABLE)
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_restored() {
+        let stored = SinkConfig {
+            kind: SinkKind::Postgres,
+            dsn: Some("postgres://u:secret@127.0.0.1:5432/db".into()),
+            table: None,
+        };
+        let shown = stored.redacted();
+        assert_eq!(
+            shown.dsn.as_deref(),
+            Some("postgres://u:***@127.0.0.1:5432/db")
+        );
+        let mut back = shown.clone();
+        back.restore_password(&stored);
+        assert_eq!(back, stored);
+        // Another host keeps what was submitted.
+        let mut other = SinkConfig {
+            dsn: Some("postgres://u:***@10.0.0.1:5432/db".into()),
+            ..stored.clone()
+        };
+        other.restore_password(&stored);
+        assert_eq!(
+            other.dsn.as_deref(),
+            Some("postgres://u:***@10.0.0.1:5432/db")
+        );
     }
 }

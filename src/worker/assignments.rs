@@ -15,14 +15,15 @@ use super::retry::{self, MAX_BACKOFF};
 use super::specs::SpecBook;
 use super::table::{Entry, Shared, HEALTH_SERVICE};
 use crate::client::{
-    prefix_range_end, EventType, KeyValue, KvClient, KvError, RangeRequest, RequestOp, ResponseOp,
-    TxnRequest, WatchSpec,
+    prefix_range_end, EventType, KeyValue, KvClient, KvClientExt, KvError, RangeRequest, RequestOp,
+    ResponseOp, TxnRequest, WatchSpec,
 };
 use crate::model::resource::{is_assigned_to, Resource};
 use crate::model::runner::{TaskRunner, TaskSpec};
 use crate::model::spec::SPEC_PREFIX;
 
-/// Follows `/resources/` and keeps the runs in line with the assignments.
+/// Follows `/resources/` and `/crawler/specs/` and keeps the runs in line with the assignments
+/// and their specs.
 pub(super) struct Assigner {
     pub(super) client: Arc<dyn KvClient>,
     pub(super) prefix: String,
@@ -312,6 +313,8 @@ impl Assigner {
                     e.resource = r;
                     e.mod_revision = mod_revision;
                 }
+                // A spec that changed while the watch was down (this is a reload).
+                self.on_spec_changed(&name).await;
                 return;
             }
             Some(_) => {
@@ -327,7 +330,15 @@ impl Assigner {
 
     /// Start the run of `r` (an entry recording the error if it cannot start).
     async fn start_entry(&self, r: Resource, mod_revision: i64) -> Entry {
-        let task = self.specs.get(&r.name);
+        // The spec and the resource of a new task are written in one txn but come through two
+        // watches: a resource seen first reads its spec from the store.
+        let task = match self.specs.stored(&r.name) {
+            Some(t) => Some(t),
+            None => {
+                self.fetch_spec(&r.name).await;
+                self.specs.get(&r.name)
+            }
+        };
         let mut entry = Entry {
             resource: r,
             started: SystemTime::now(),
@@ -365,10 +376,30 @@ impl Assigner {
         entry
     }
 
+    /// Read the spec of `name` from the store into the book (errors: the watch brings it).
+    async fn fetch_spec(&self, name: &str) {
+        match self.client.get(crate::model::spec::spec_key(name)).await {
+            Ok(reply) => {
+                if let Some(kv) = reply.body {
+                    self.specs.put(&kv);
+                }
+            }
+            Err(e) => tracing::debug!(task = %name, error = %e, "worker: reading the spec failed"),
+        }
+    }
+
     /// The spec of `name` changed (or appeared): a run of it starts again with the new spec,
     /// from its checkpoint (the resource, and so the checkpoint's ID, is unchanged).
     async fn on_spec_changed(&self, name: &str) {
-        let Some(old) = self.shared.table.lock().remove(name) else {
+        let want = self.specs.get(name);
+        let old = {
+            let mut table = self.shared.table.lock();
+            match table.get(name) {
+                Some(e) if e.task != want && want.is_some() => table.remove(name),
+                _ => None,
+            }
+        };
+        let Some(old) = old else {
             return;
         };
         tracing::info!(task = %name, resource = %old.resource.id, "worker: task spec changed; restarting the run from its checkpoint");

@@ -54,7 +54,10 @@ pub(super) fn due(e: &Entry, worker: &str, now: Instant) -> Option<TaskProgress>
             Duration::from_secs_f64(t.checkpoint_interval.clamp(0.0, 3600.0))
         })
         .max(MIN_EVERY);
+    let ended = state != "running";
     let pages_per_sec = match &e.published {
+        // An ended run's report does not change: written once.
+        Some(p) if p.state == state && p.detail == detail && ended => return None,
         Some(p) if p.state == state && p.detail == detail && now.duration_since(p.at) < every => {
             return None
         }

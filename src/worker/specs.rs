@@ -28,11 +28,12 @@ impl SpecBook {
 
     /// The spec to run `name` with: the store's, else the local one.
     pub(super) fn get(&self, name: &str) -> Option<TaskConfig> {
-        self.store
-            .lock()
-            .get(name)
-            .cloned()
-            .or_else(|| self.local.get(name).cloned())
+        self.stored(name).or_else(|| self.local.get(name).cloned())
+    }
+
+    /// The store's spec of `name`, as last seen.
+    pub(super) fn stored(&self, name: &str) -> Option<TaskConfig> {
+        self.store.lock().get(name).cloned()
     }
 
     /// Replace the store's specs with a full listing.
@@ -41,12 +42,12 @@ impl SpecBook {
         *self.store.lock() = specs;
     }
 
-    /// A spec key was written: the task's name and whether the spec to run it with changed.
+    /// A spec key was written: the task's name when it holds a valid spec (the caller compares
+    /// it with what runs).
     pub(super) fn put(&self, kv: &KeyValue) -> Option<String> {
         let (name, task) = decode(kv)?;
-        let before = self.get(&name);
-        self.store.lock().insert(name.clone(), task.clone());
-        (before.as_ref() != Some(&task)).then_some(name)
+        self.store.lock().insert(name.clone(), task);
+        Some(name)
     }
 
     /// A spec key was deleted. The run goes on with the spec it has: a deleted task's resource
@@ -104,11 +105,6 @@ mod tests {
             Some("a".into())
         );
         assert_eq!(book.get("a").map(|t| t.max_pages), Some(2));
-        // The same spec again is no change.
-        assert_eq!(
-            book.put(&kv("/crawler/specs/a", r#"{"Name":"a","MaxPages":2}"#)),
-            None
-        );
         // Bad or mismatched specs are ignored.
         assert_eq!(book.put(&kv("/crawler/specs/a", r#"{"Name":"b"}"#)), None);
         assert_eq!(book.put(&kv("/crawler/specs/a", "{")), None);

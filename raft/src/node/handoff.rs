@@ -30,6 +30,19 @@ impl Inner {
         if self.current_leader() != Some(self.id) {
             return None;
         }
+        let others = {
+            let m = self.raft.metrics().borrow().clone();
+            let n = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .count();
+            n
+        };
+        if others == 0 {
+            return None;
+        }
         let deadline =
             Instant::now() + Duration::from_millis(self.cfg.election_timeout_ms.max(100));
         let catch_up = deadline.min(Instant::now() + CATCH_UP);
@@ -109,6 +122,10 @@ impl Inner {
     pub(crate) async fn campaign_now(&self) -> Result<(), crate::wire::WireError> {
         if self.current_leader() == Some(self.id) {
             return Ok(());
+        }
+        // A member that is stopping too must not take leadership over.
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::wire::WireError::Stopped);
         }
         self.raft
             .trigger()
