@@ -560,3 +560,58 @@ async fn a_long_crawl_with_compaction_keeps_store_and_memory_bounded() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_paused_mid_crawl_checkpoints_when_it_stops() {
+    // Pausing unassigns the resource (same ID); the stopping run still writes its last
+    // checkpoint, so resuming refetches nothing it had done.
+    run(async {
+        let opts = SiteOptions {
+            fanout: 5,
+            pages: 2000,
+            page_bytes: 256,
+            latency: Duration::from_millis(5),
+        };
+        let site = SyntheticSite::start(opts, &[addr("127.0.0.1:0")])
+            .await
+            .expect("site");
+        let store = OurStore::start().await;
+        let client = store.local();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = task(
+            "p",
+            &site.seed(),
+            "Concurrency = 2\nCheckpointPages = 100000\nCheckpointInterval = 600",
+        );
+        let r = resource("p", "301");
+        put_resource(&client, &r).await;
+        let runner = CrawlRunner::new(client.clone(), options(dir.path()));
+        let h = runner
+            .start(TaskSpec {
+                resource: r.clone(),
+                task: t,
+            })
+            .await
+            .expect("start");
+        let requests = &site.stats().requests;
+        eventually("some pages fetched", WAIT, || {
+            let n = requests.load(Ordering::SeqCst);
+            async move { n >= 50 }
+        })
+        .await;
+        let mut paused = r.clone();
+        paused.assigned_node = String::new();
+        put_resource(&client, &paused).await;
+        h.stop().await;
+        let kv = client
+            .get(CheckpointStore::manifest_key("p"))
+            .await
+            .expect("get")
+            .body
+            .expect("a checkpoint written at the stop");
+        let m: Manifest = serde_json::from_slice(&kv.value).expect("manifest JSON");
+        assert!(m.pages >= 40, "{m:?}");
+        store.stop().await;
+    })
+    .await;
+}
