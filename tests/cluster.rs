@@ -469,3 +469,44 @@ fn a_leader_stopped_cleanly_hands_leadership_over() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn reads_after_a_quorum_loss_fail_without_an_error_line_each() {
+    if against_real_etcd() {
+        eprintln!(
+            "SKIPPED reads_after_a_quorum_loss_fail_without_an_error_line_each: about our logs"
+        );
+        return;
+    }
+    let mut c = Cluster::start_with(3, &["--log-level", "info"]);
+    let leader = c.wait_leader(T);
+    for i in 1..3 {
+        c.node((leader + i) % 3).kill();
+    }
+    let log = c.nodes[leader].log_path.clone();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + T;
+    while read_log().matches("peer unreachable").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outage is not reported:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = read_log().lines().count();
+    let ep = c.ep(leader);
+    for _ in 0..5 {
+        let out = etcdctl_t(&ep, "2s", &["get", "k"]);
+        assert!(!out.status.success(), "a read without quorum must fail");
+    }
+    let text = read_log();
+    let lines: Vec<&str> = text.lines().skip(before).collect();
+    let errors: Vec<&&str> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "{} ERROR lines for 5 failed reads:\n{}",
+        errors.len(),
+        lines.join("\n")
+    );
+}

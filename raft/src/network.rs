@@ -111,6 +111,11 @@ impl PeerClients {
         }
     }
 
+    /// Whether `url` is marked unreachable (its last call could not be delivered).
+    pub(crate) fn is_down(&self, url: &str) -> bool {
+        self.down.lock().contains_key(url)
+    }
+
     /// One line when `url` answers again.
     fn mark_up(&self, url: &str) {
         if let Some((since, _)) = self.down.lock().remove(url) {

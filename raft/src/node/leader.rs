@@ -233,9 +233,33 @@ impl Inner {
 
     /// Confirm leadership with a quorum and return the index a linearizable read must wait for.
     pub(crate) async fn read_index_on_leader(&self, timeout: Duration) -> Result<u64, WireError> {
+        // With most voters known unreachable the leadership check can only time out, and
+        // openraft logs an ERROR per unreachable voter for each one: fail at once instead.
+        if self.quorum_unreachable() {
+            return Err(WireError::QuorumLost);
+        }
         self.read_index
             .read_index(&self.raft, timeout, self.request_timeout())
             .await
+    }
+
+    /// True when this member and the voters not marked unreachable are no majority.
+    fn quorum_unreachable(&self) -> bool {
+        let voters: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let b = m.borrow();
+            b.membership_config.membership().voter_ids().collect()
+        };
+        let reachable = voters
+            .iter()
+            .filter(|id| {
+                **id == self.id
+                    || self
+                        .peer_url_of(**id)
+                        .is_some_and(|url| !self.clients.is_down(&url))
+            })
+            .count();
+        reachable * 2 <= voters.len()
     }
 
     /// Linearizable read barrier (see `RaftNode::read_barrier`).
