@@ -103,6 +103,11 @@ async fn save_verify_restore() {
 
     let v = backup::verify(&file).unwrap();
     assert_eq!(v.size, size);
+    assert_eq!(
+        size % 512,
+        32,
+        "etcdctl wants whole 512-byte pages before the sha256"
+    );
     assert_eq!(v.header.revision, r.current_revision());
     assert_eq!(v.header.key_count, 3);
     assert_eq!(v.header.lease_count, 1);

@@ -9,7 +9,11 @@
 //! | header (64 bytes) | magic `CRWLBKUP`, version u32, flags u32 (0), revision i64, compact revision i64, key count u64, lease count u64, cluster id u64, member id u64 |
 //! | record (per key, key order) | key length u32, key, value length u32, value, create revision i64, mod revision i64, version i64, lease i64, sub revision i64 |
 //! | lease (per lease, id order) | id i64, TTL seconds i64 |
+//! | padding | zero bytes up to a multiple of 512 |
 //! | trailer | sha256 of all bytes above |
+//!
+//! The padding is there for `etcdctl snapshot save`, which refuses a stream whose size is not
+//! 32 more than a multiple of 512 ("sha256 checksum not found"): bbolt files are whole pages.
 
 use crate::types::KeyValue;
 
@@ -21,6 +25,8 @@ pub const VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 64;
 /// Size of the sha256 trailer.
 pub const CHECKSUM_LEN: u64 = 32;
+/// The data (everything before the checksum) is padded to a multiple of this.
+pub const ALIGN: u64 = 512;
 /// Fixed part of a record (two lengths and five i64s).
 pub(crate) const RECORD_FIXED: u64 = 4 + 4 + 5 * 8;
 /// Size of one lease entry.
@@ -104,6 +110,11 @@ pub enum FormatError {
 pub struct Record {
     pub kv: KeyValue,
     pub sub: i64,
+}
+
+/// Zero bytes that follow `len` bytes of records and leases.
+pub(crate) fn padding(len: u64) -> u64 {
+    (ALIGN - len % ALIGN) % ALIGN
 }
 
 /// Encoded size of the record of `kv`.

@@ -75,7 +75,7 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
             actual: hex(&actual),
         }),
         Some(end) if end + CHECKSUM_LEN < size => Err(BackupError::Corrupt(format!(
-            "{} bytes after the last lease (the header announces {} keys and {} leases)",
+            "{} bytes after the padding (the header announces {} keys and {} leases)",
             size - end - CHECKSUM_LEN,
             header.key_count,
             header.lease_count
@@ -106,7 +106,7 @@ fn read_header(r: &mut impl Read, path: &Path, size: u64) -> Result<Header, Back
     Ok(Header::decode(&h)?)
 }
 
-/// Offset where the header's records and leases end, walking the record lengths; `None` when
+/// Offset where the header's records, leases and padding end, walking the record lengths; `None` when
 /// the walk runs past the end of the file.
 fn structure_end<R: Read + Seek>(
     r: &mut BufReader<R>,
@@ -133,8 +133,11 @@ fn structure_end<R: Read + Seek>(
         }
         r.seek(SeekFrom::Start(pos)).map_err(|e| io(path, e))?;
     }
-    let leases = header.lease_count.checked_mul(LEASE_LEN);
-    Ok(leases.and_then(|l| pos.checked_add(l)))
+    let end = header
+        .lease_count
+        .checked_mul(LEASE_LEN)
+        .and_then(|l| pos.checked_add(l));
+    Ok(end.map(|e| e + format::padding(e)))
 }
 
 fn read_u32(r: &mut impl Read, path: &Path) -> Result<u32, BackupError> {

@@ -29,6 +29,11 @@ pub enum Chunk {
 impl Image {
     /// Size of the file's data (everything but the 32-byte checksum).
     pub fn data_len(&self) -> u64 {
+        let len = self.unpadded_len();
+        len + format::padding(len)
+    }
+
+    fn unpadded_len(&self) -> u64 {
         HEADER_LEN
             + self
                 .keys
@@ -49,6 +54,8 @@ impl Image {
             chunk_size: chunk_size.max(1),
             finished: false,
             remaining,
+            written: 0,
+            padded: false,
             hasher: Sha256::new(),
         }
     }
@@ -63,6 +70,9 @@ pub struct Chunks {
     chunk_size: usize,
     finished: bool,
     remaining: u64,
+    /// Data bytes produced so far.
+    written: u64,
+    padded: bool,
     hasher: Sha256,
 }
 
@@ -83,6 +93,11 @@ impl Iterator for Chunks {
             } else if let Some((id, ttl)) = self.leases.next() {
                 format::encode_lease(&mut out, id, ttl);
             } else {
+                if !self.padded {
+                    let pad = format::padding(self.written + out.len() as u64);
+                    out.resize(out.len() + pad as usize, 0);
+                    self.padded = true;
+                }
                 break;
             }
         }
@@ -92,6 +107,7 @@ impl Iterator for Chunks {
             return Some(Chunk::Checksum(sum.into()));
         }
         self.hasher.update(&out);
+        self.written += out.len() as u64;
         self.remaining = self.remaining.saturating_sub(out.len() as u64);
         Some(Chunk::Data {
             bytes: out,
