@@ -52,7 +52,7 @@ pub use state::PersistPolicy;
 use state::State;
 
 /// Name of the sled tree holding the state machine rows.
-pub const SM_TREE: &str = "sm";
+pub const SM_TREE: &str = codec::TREE;
 /// Name of the sled tree holding the last snapshot.
 pub const SNAPSHOT_TREE: &str = "sm_snapshot";
 

@@ -144,7 +144,7 @@ impl Maintenance for MaintenanceService {
                 Chunk::Checksum(sum) => (0, sum.to_vec()),
             };
             Ok(pb::SnapshotResponse {
-                header: Some(header.clone()),
+                header: Some(header),
                 remaining_bytes,
                 blob,
             })

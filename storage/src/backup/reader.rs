@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::error::BackupError;
 use super::format::{self, FormatError, Header, Record, CHECKSUM_LEN, HEADER_LEN, LEASE_LEN};
-use super::BackupError;
 use crate::types::KeyValue;
 
 /// A backup file whose checksum and structure are good.

@@ -16,7 +16,6 @@ use super::codec::{self, Row};
 use super::index::Rev;
 use super::read::View;
 use super::state::State;
-use super::SM_TREE;
 
 /// Rows written per sled batch while restoring.
 const RESTORE_BATCH: usize = 10_000;
@@ -76,7 +75,7 @@ pub struct RestoreSummary {
 /// history before it is not in the file), no applied log id and no membership (the member's
 /// first start bootstraps raft on top of it). Refuses a `db` whose state machine holds anything.
 pub fn restore_backup(file: &Verified, db: &sled::Db) -> Result<RestoreSummary, BackupError> {
-    let tree = db.open_tree(SM_TREE)?;
+    let tree = db.open_tree(codec::TREE)?;
     if !tree.is_empty() {
         return Err(BackupError::Target(
             "the state machine database is not empty".into(),
