@@ -160,6 +160,7 @@ fn hex(b: &[u8]) -> String {
 pub struct Records {
     path: PathBuf,
     r: BufReader<File>,
+    size: u64,
     keys_left: u64,
     leases_left: u64,
 }
@@ -173,15 +174,22 @@ impl Records {
         Ok(Records {
             path: v.path.clone(),
             r: BufReader::with_capacity(256 * 1024, file),
+            size: v.size,
             keys_left: v.header.key_count,
             leases_left: v.header.lease_count,
         })
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, BackupError> {
-        let len = read_u32(&mut self.r, &self.path)? as usize;
-        // The file was verified: the length lies inside it.
-        let mut b = vec![0u8; len];
+        let len = read_u32(&mut self.r, &self.path)?;
+        // The file was verified, so the length lies inside it, unless it changed since.
+        if u64::from(len) > self.size {
+            return Err(BackupError::Corrupt(format!(
+                "a length of {len} bytes in a file of {} (did it change after the check?)",
+                self.size
+            )));
+        }
+        let mut b = vec![0u8; len as usize];
         self.r.read_exact(&mut b).map_err(|e| io(&self.path, e))?;
         Ok(b)
     }
