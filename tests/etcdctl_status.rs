@@ -43,7 +43,7 @@ fn status_hashkv_defrag_with_url_endpoint() {
     assert_eq!(s["leader"], s["header"]["member_id"], "{st}");
     assert!(s["header"]["revision"].as_i64().unwrap_or(0) >= 2, "{st}");
 
-    // HashKV may be unsupported (Unimplemented), but the call must reach the handler.
+    // The calls must reach the handler (tests/backup.rs checks what they answer).
     for args in [
         &["endpoint", "hashkv"][..],
         &["endpoint", "hashkv", "-w", "json"],

@@ -142,6 +142,42 @@ pub enum RaftError {
     Internal(String),
 }
 
+/// Who a restored member of a new cluster is (see [`prepare_restored_member`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredMember {
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    /// Where its state machine goes (`<data_dir>/member/db`).
+    pub state_machine_dir: PathBuf,
+}
+
+/// The identity member `name` of a new cluster gets from `initial_cluster` and `token` (what its
+/// first start would compute), recorded in `data_dir` as its first start records it; the
+/// caller then writes the state machine into `state_machine_dir`. The first start with the
+/// same `--initial-cluster` flags bootstraps raft on top of that state machine.
+pub fn prepare_restored_member(
+    data_dir: &std::path::Path,
+    name: &str,
+    initial_cluster: &[(String, String)],
+    token: &str,
+) -> Result<RestoredMember, RaftError> {
+    let (member_id, cluster_id) = node::new_cluster_ids(name, initial_cluster, token)?;
+    meta::store(
+        data_dir,
+        &meta::Meta {
+            name: name.to_string(),
+            member_id,
+            cluster_id,
+            cluster_token: token.to_string(),
+        },
+    )?;
+    Ok(RestoredMember {
+        member_id,
+        cluster_id,
+        state_machine_dir: meta::db_dir(data_dir),
+    })
+}
+
 /// A running member's raft side. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {

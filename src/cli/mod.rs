@@ -5,6 +5,7 @@ mod dev;
 mod master;
 mod process;
 mod site;
+mod snapshot;
 mod store;
 mod task;
 mod worker;
@@ -48,6 +49,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Add, list, inspect and control crawl tasks through a master's API.
     Task(task::TaskArgs),
+    /// Check a backup saved with `etcdctl snapshot save`, or restore it into a new cluster.
+    Snapshot(snapshot::SnapshotArgs),
     /// Serve a generated site to crawl (crawl tests and benchmarks).
     Site(SiteArgs),
     /// Serve the demo book site that the sample config's `demo_books` task crawls (what
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Worker(args) => worker::main(args),
         Command::Dev(args) => dev::main(args, typed_log_level("dev")),
         Command::Task(args) => task::main(args),
+        Command::Snapshot(args) => snapshot::main(args),
         Command::Site(args) => site::main_site(args),
         Command::DemoSite(args) => site::main_demo_site(args),
     }

@@ -6,5 +6,6 @@ pub mod grpc;
 pub mod lessor;
 pub mod limits;
 pub mod member;
+pub mod restore;
 pub(crate) mod transport;
 pub mod watch_hub;

@@ -3,6 +3,7 @@
 //! This crate knows nothing of gRPC or of the raft network. It is generic over the openraft type
 //! config; `crawler-raft` picks the concrete one.
 
+pub mod backup;
 pub mod error;
 pub mod log_store;
 pub mod state_machine;
@@ -10,7 +11,9 @@ pub mod types;
 
 pub use error::{ApplyError, StoreError};
 pub use log_store::LogStore;
-pub use state_machine::{ApplyObserver, PersistPolicy, StateMachine, StoreReader};
+pub use state_machine::{
+    restore_backup, ApplyObserver, PersistPolicy, RestoreSummary, StateMachine, StoreReader,
+};
 pub use types::*;
 
 /// Open (or create) a member's state machine database (or any sled database) under `dir`.

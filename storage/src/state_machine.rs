@@ -18,8 +18,10 @@
 //! persistence), `read`, `write` and `apply` (log entries to commands).
 
 mod apply;
+mod backup;
 mod codec;
 mod fault;
+mod hash;
 mod index;
 mod lease;
 mod read;
@@ -43,13 +45,14 @@ use crate::error::{ApplyError, StoreError};
 use crate::types::*;
 
 use apply::Item;
+pub use backup::{restore_backup, RestoreSummary};
 use fault::Fault;
 use read::View;
 pub use state::PersistPolicy;
 use state::State;
 
 /// Name of the sled tree holding the state machine rows.
-pub const SM_TREE: &str = "sm";
+pub const SM_TREE: &str = codec::TREE;
 /// Name of the sled tree holding the last snapshot.
 pub const SNAPSHOT_TREE: &str = "sm_snapshot";
 
@@ -284,6 +287,41 @@ impl StoreReader {
     /// Attributes published by members, by member id.
     pub fn member_attrs(&self) -> std::collections::BTreeMap<u64, MemberAttrs> {
         self.shared.state.read().members.clone()
+    }
+    /// A consistent image of the store at its current revision, for a backup stream (see
+    /// `crate::backup`); `cluster_id` and `member_id` go into the file's header.
+    pub fn backup_image(
+        &self,
+        cluster_id: u64,
+        member_id: u64,
+    ) -> Result<crate::backup::Image, StoreError> {
+        let st = self.shared.state.read();
+        backup::image(&st, &self.shared.tree, cluster_id, member_id)
+    }
+    /// etcd's `HashKV`: the hash of every stored key version up to `revision` (0 = current),
+    /// with the compaction revision and the revision hashed (see `hash` for the algorithm).
+    /// Holds the read lock for the whole scan.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), ApplyError> {
+        let st = self.shared.state.read();
+        let view = View {
+            st: &st,
+            tree: &self.shared.tree,
+            cur: st.current,
+        };
+        hash::hash_kv(&view, revision).map_err(read_fault)
+    }
+    /// etcd's `Hash`: the hash of the whole state (every key version and lease) with the
+    /// revision it was taken at.
+    pub fn hash_all(&self) -> Result<(u32, i64), ApplyError> {
+        let st = self.shared.state.read();
+        let view = View {
+            st: &st,
+            tree: &self.shared.tree,
+            cur: st.current,
+        };
+        hash::hash_all(&view)
+            .map(|h| (h, st.current))
+            .map_err(read_fault)
     }
     /// Approximate size of the database on disk, bytes.
     pub fn db_size(&self) -> u64 {

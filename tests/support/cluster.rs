@@ -88,6 +88,8 @@ pub struct Node {
     pub cluster_state: String,
     /// Further server flags, passed after the harness's own.
     pub extra_args: Vec<String>,
+    /// `--initial-cluster-token` value.
+    pub token: String,
     child: Option<Child>,
 }
 
@@ -105,6 +107,7 @@ impl Node {
             initial_cluster: String::new(),
             cluster_state: "new".to_string(),
             extra_args: Vec::new(),
+            token: "crawler-test-cluster".to_string(),
             child: None,
         }
     }
@@ -163,7 +166,7 @@ impl Node {
             "--initial-cluster-state",
             &self.cluster_state,
             "--initial-cluster-token",
-            "crawler-test-cluster",
+            &self.token,
             "--heartbeat-interval",
             &HEARTBEAT_MS.to_string(),
             "--election-timeout",
@@ -367,6 +370,24 @@ impl Cluster {
                     panic!("cluster of {n} did not start: {msg}");
                 }
             }
+        }
+    }
+
+    /// Start `nodes` (already described, their data dirs in `dir` possibly prepared, e.g. by a
+    /// restore) as one cluster, waiting for the slot and then until each is healthy.
+    pub fn start_prepared(dir: TempDir, mut nodes: Vec<Node>) -> Cluster {
+        let slot = SlotGuard::acquire();
+        for node in nodes.iter_mut() {
+            node.start();
+        }
+        if let Err(msg) = wait_all_healthy(&mut nodes, START_DEADLINE) {
+            let logs: Vec<String> = nodes.iter().map(|n| n.log_tail(40)).collect();
+            panic!("prepared cluster did not start: {msg}\n{}", logs.join("\n"));
+        }
+        Cluster {
+            nodes,
+            dir,
+            _slot: slot,
         }
     }
 

@@ -19,10 +19,14 @@ pub(crate) struct Identity {
 
 /// Ids of the initial members from `--initial-cluster`.
 fn initial_members(cfg: &NodeConfig) -> BTreeMap<NodeId, PeerNode> {
-    ids::group_initial_cluster(&cfg.initial_cluster)
+    members_of(&cfg.initial_cluster, &cfg.cluster_token)
+}
+
+fn members_of(initial_cluster: &[(String, String)], token: &str) -> BTreeMap<NodeId, PeerNode> {
+    ids::group_initial_cluster(initial_cluster)
         .into_iter()
         .map(|(name, urls)| {
-            let id = ids::initial_member_id(&urls, &cfg.cluster_token);
+            let id = ids::initial_member_id(&urls, token);
             (
                 id,
                 PeerNode {
@@ -65,6 +69,27 @@ fn own_initial_id(
         );
     }
     Ok(id)
+}
+
+/// The member id of `name` and the cluster id that the first start of an initial member of a
+/// new cluster computes from `--initial-cluster` and `--initial-cluster-token`.
+pub(crate) fn new_cluster_ids(
+    name: &str,
+    initial_cluster: &[(String, String)],
+    token: &str,
+) -> Result<(NodeId, u64), RaftError> {
+    let members = members_of(initial_cluster, token);
+    let id = members
+        .iter()
+        .find(|(_, n)| n.name == name)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| {
+            RaftError::Config(format!(
+                "couldn't find local name '{name}' in the initial cluster configuration"
+            ))
+        })?;
+    let all: Vec<NodeId> = members.keys().copied().collect();
+    Ok((id, ids::cluster_id(&all, token)))
 }
 
 /// This member's identity, stored in its data dir at first start and checked at every start.

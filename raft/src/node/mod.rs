@@ -15,6 +15,7 @@ mod start;
 mod status;
 mod tasks;
 
+pub(crate) use identity::new_cluster_ids;
 pub(crate) use inner::Inner;
 pub(crate) use leader::{LeaderOk, LeaderOp};
 pub(crate) use start::start;

@@ -12,6 +12,8 @@ use crate::types::KeyValue;
 
 use super::index::Rev;
 
+/// Name of the sled tree holding the rows.
+pub(crate) const TREE: &str = "sm";
 /// Prefix of MVCC rows.
 pub(crate) const ROW: u8 = b'k';
 /// Prefix of meta values.

@@ -24,7 +24,7 @@ pub(crate) struct View<'a> {
 
 impl View<'_> {
     /// The row stored at `rev`.
-    fn row(&self, rev: Rev) -> Result<Row, StoreError> {
+    pub(crate) fn row(&self, rev: Rev) -> Result<Row, StoreError> {
         if let Some(r) = self.st.pending.get(&rev) {
             return Ok(r.clone());
         }
@@ -34,7 +34,7 @@ impl View<'_> {
         }
     }
 
-    fn kv(&self, rev: Rev) -> Result<KeyValue, StoreError> {
+    pub(crate) fn kv(&self, rev: Rev) -> Result<KeyValue, StoreError> {
         Ok(self.row(rev)?.kv)
     }
 
