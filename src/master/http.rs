@@ -226,6 +226,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .merge(super::task_http::routes())
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(super::metrics::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(inner)

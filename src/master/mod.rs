@@ -13,11 +13,13 @@
 
 pub(crate) mod api;
 pub(crate) mod assign;
+pub(crate) mod counters;
 pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub(crate) mod http_body;
 pub(crate) mod leader;
+pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod resources;
 pub(crate) mod state;
@@ -302,6 +304,7 @@ impl Master {
             term: watch::channel(None).0,
             op_lock: tokio::sync::Mutex::new(()),
             forward: forward::Forwarder::default(),
+            counters: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let workers_task = tokio::spawn(workers.run());

@@ -104,6 +104,8 @@ pub struct Inner {
     pub op_lock: tokio::sync::Mutex<()>,
     /// Clients to the leader for forwarded writes.
     pub forward: Forwarder,
+    /// Counters shown on `GET /metrics`.
+    pub counters: super::counters::MasterCounters,
 }
 
 impl Inner {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod log_store;
+pub mod metrics;
 pub mod state_machine;
 pub mod types;
 
