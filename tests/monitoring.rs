@@ -74,7 +74,9 @@ fn store_metrics_on_client_port_and_metrics_url() {
     let s = scrape(&client);
     assert!(value(&s, "etcd_mvcc_put_total", &[]).unwrap_or(0.0) >= puts0 + 5.0);
     assert!(value(&s, "grpc_server_handled_total", &put_ok).unwrap_or(0.0) >= handled0 + 5.0);
-    assert!(value(&s, "grpc_server_started_total", &[("grpc_method", "Put")]).unwrap_or(0.0) >= 6.0);
+    assert!(
+        value(&s, "grpc_server_started_total", &[("grpc_method", "Put")]).unwrap_or(0.0) >= 6.0
+    );
     assert!(value(&s, "etcd_mvcc_delete_total", &[]).unwrap_or(0.0) >= 1.0);
     assert!(value(&s, "etcd_debugging_mvcc_keys_total", &[]).unwrap_or(0.0) >= 5.0);
     assert!(value(&s, "etcd_mvcc_db_total_size_in_bytes", &[]).unwrap_or(0.0) > 0.0);
@@ -82,8 +84,12 @@ fn store_metrics_on_client_port_and_metrics_url() {
     // A failed call is counted with its code.
     let _ = support::etcdctl::etcdctl(&ep, &["get", "k", "--rev", "999999"]);
     assert!(
-        value(&scrape(&client), "grpc_server_handled_total", &[("grpc_method", "Range"), ("grpc_code", "OutOfRange")])
-            .unwrap_or(0.0)
+        value(
+            &scrape(&client),
+            "grpc_server_handled_total",
+            &[("grpc_method", "Range"), ("grpc_code", "OutOfRange")]
+        )
+        .unwrap_or(0.0)
             >= 1.0
     );
 
@@ -94,7 +100,10 @@ fn store_metrics_on_client_port_and_metrics_url() {
         assert_eq!(v["health"], "true", "{body}");
         let (code, body) = get(addr, "/readyz?verbose", Duration::from_secs(5)).expect("readyz");
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains("[+]leader ok") && body.ends_with("ok\n"), "{body}");
+        assert!(
+            body.contains("[+]leader ok") && body.ends_with("ok\n"),
+            "{body}"
+        );
         let (code, body) = get(addr, "/livez", Duration::from_secs(5)).expect("livez");
         assert_eq!((code, body.as_str()), (200, "ok\n"));
     }
@@ -151,14 +160,22 @@ fn master_and_worker_metrics() {
         let assignments = value(&s, "crawler_master_assignments_total", &[])?;
         (leader == 1.0 && workers == 1.0 && assigned >= 1.0 && assignments >= 1.0).then_some(s)
     });
-    assert!(seen.is_some(), "master metrics never showed the worker and the seed; log:\n{}", m.log_tail());
+    assert!(
+        seen.is_some(),
+        "master metrics never showed the worker and the seed; log:\n{}",
+        m.log_tail()
+    );
     let s = scrape(&master_http);
     assert!(value(&s, "crawler_master_leader_changes_total", &[]).unwrap_or(0.0) >= 1.0);
     assert!(value(&s, "crawler_master_reassignments_total", &[]).is_some());
 
     let task = wait_until(Duration::from_secs(30), || {
         let s = scrape(&worker_http);
-        value(&s, "crawler_worker_pages_fetched_total", &[("task", "seed-a")])?;
+        value(
+            &s,
+            "crawler_worker_pages_fetched_total",
+            &[("task", "seed-a")],
+        )?;
         value(&s, "crawler_worker_frontier", &[("task", "seed-a")])?;
         value(&s, "crawler_worker_errors_total", &[("task", "seed-a")])?;
         value(&s, "crawler_worker_items_total", &[("task", "seed-a")])
@@ -209,7 +226,8 @@ fn health_and_readyz_follow_quorum() {
     let (_, body) = get(&addrs[survivor], "/health", Duration::from_secs(5)).expect("health");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(v["health"], "false", "{body}");
-    let (_, body) = get(&addrs[survivor], "/readyz?verbose", Duration::from_secs(5)).expect("readyz");
+    let (_, body) =
+        get(&addrs[survivor], "/readyz?verbose", Duration::from_secs(5)).expect("readyz");
     assert!(body.contains("[-]leader failed"), "{body}");
     // The process is alive all along.
     assert_eq!(status(&addrs[survivor], "/livez"), Some(200));

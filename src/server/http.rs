@@ -85,7 +85,10 @@ fn alarm_name(kind: AlarmType) -> &'static str {
 
 /// etcd 3.5's `/health`: alarms (`?exclude=NOSPACE` skips one), leader, then a linearizable
 /// read (`?serializable=true` reads locally instead).
-async fn health(State(m): State<Arc<Monitor>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn health(
+    State(m): State<Arc<Monitor>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let excluded = q.get("exclude").map(String::as_str).unwrap_or("");
     let mut reason = None;
     for a in m.ctx.raft.store().alarms() {
@@ -122,11 +125,7 @@ async fn health(State(m): State<Arc<Monitor>>, Query(q): Query<HashMap<String, S
 }
 
 /// Named checks answered the Kubernetes way: `ok` or 503 with the failed ones listed.
-fn checks_response(
-    what: &str,
-    checks: Vec<(&str, Result<(), String>)>,
-    verbose: bool,
-) -> Response {
+fn checks_response(what: &str, checks: Vec<(&str, Result<(), String>)>, verbose: bool) -> Response {
     let failed = checks.iter().any(|(_, r)| r.is_err());
     let mut text = String::new();
     if verbose || failed {
@@ -148,13 +147,19 @@ fn checks_response(
 }
 
 /// `/livez`: the process serves and its local store answers.
-async fn livez(State(m): State<Arc<Monitor>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn livez(
+    State(m): State<Arc<Monitor>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let checks = vec![("serializable_read", m.serializable_read())];
     checks_response("livez", checks, q.contains_key("verbose"))
 }
 
 /// `/readyz`: a leader that a quorum confirmed recently, no corruption alarm, local reads work.
-async fn readyz(State(m): State<Arc<Monitor>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn readyz(
+    State(m): State<Arc<Monitor>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let leader = if m.has_leader() {
         m.quorum_read().await
     } else {

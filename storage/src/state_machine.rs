@@ -291,7 +291,13 @@ impl StoreReader {
     }
     /// Number of keys with a live version (etcd's `keys_total`).
     pub fn key_count(&self) -> usize {
-        self.shared.state.read().index.iter().filter(|(_, ki)| ki.is_live()).count()
+        self.shared
+            .state
+            .read()
+            .index
+            .iter()
+            .filter(|(_, ki)| ki.is_live())
+            .count()
     }
     /// Approximate size of the database on disk, bytes.
     pub fn db_size(&self) -> u64 {

@@ -97,7 +97,9 @@ impl ApiContext {
         let resp = self.raft.write(cmd).await;
         pending.fetch_sub(1, Ordering::Relaxed);
         let resp = resp.map_err(|e| {
-            self.metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .proposals_failed
+                .fetch_add(1, Ordering::Relaxed);
             error::status_from_raft(&e)
         })?;
         match resp.result {

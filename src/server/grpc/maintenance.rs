@@ -120,7 +120,11 @@ impl Maintenance for MaintenanceService {
                 .alarms()
                 .iter()
                 .map(|a| {
-                    let name = if a.alarm == AlarmType::NoSpace { "NOSPACE" } else { "CORRUPT" };
+                    let name = if a.alarm == AlarmType::NoSpace {
+                        "NOSPACE"
+                    } else {
+                        "CORRUPT"
+                    };
                     format!("memberID:{} alarm:{} ", a.member, name)
                 })
                 .collect(),
