@@ -13,8 +13,6 @@ use http_body::{Body, Frame, SizeHint};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 
-use crate::server::metrics::StoreMetrics;
-
 /// (service, method, type) of every method counted, in slot order.
 const METHODS: &[(&str, &str, &str)] = &[
     ("etcdserverpb.KV", "Range", "unary"),
@@ -162,12 +160,12 @@ impl GrpcCounters {
 /// The layer counting every call of the services behind it.
 #[derive(Clone)]
 pub(crate) struct GrpcMetricsLayer {
-    metrics: Arc<StoreMetrics>,
+    counters: Arc<GrpcCounters>,
 }
 
 impl GrpcMetricsLayer {
-    pub(crate) fn new(metrics: Arc<StoreMetrics>) -> Self {
-        GrpcMetricsLayer { metrics }
+    pub(crate) fn new(counters: Arc<GrpcCounters>) -> Self {
+        GrpcMetricsLayer { counters }
     }
 }
 
@@ -177,7 +175,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetricsService {
             inner,
-            metrics: self.metrics.clone(),
+            counters: self.counters.clone(),
         }
     }
 }
@@ -186,7 +184,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub(crate) struct GrpcMetricsService<S> {
     inner: S,
-    metrics: Arc<StoreMetrics>,
+    counters: Arc<GrpcCounters>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
@@ -204,12 +202,12 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let slot = slot(req.uri().path());
         if let Some(s) = slot {
-            self.metrics.grpc.started(s);
+            self.counters.started(s);
         }
         CountedFuture {
             inner: self.inner.call(req),
             slot,
-            metrics: self.metrics.clone(),
+            counters: self.counters.clone(),
         }
     }
 }
@@ -220,7 +218,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         slot: Option<usize>,
-        metrics: Arc<StoreMetrics>,
+        counters: Arc<GrpcCounters>,
     }
 }
 
@@ -238,19 +236,19 @@ where
             Ok(resp) => {
                 let mut pending = slot;
                 if let (Some(s), Some(code)) = (slot, code_of(resp.headers())) {
-                    this.metrics.grpc.handled(s, code);
+                    this.counters.handled(s, code);
                     pending = None;
                 }
-                let metrics = this.metrics.clone();
+                let counters = this.counters.clone();
                 Ok(resp.map(|inner| CountedBody {
                     inner,
                     slot: pending,
-                    metrics,
+                    counters,
                 }))
             }
             Err(e) => {
                 if let Some(s) = slot {
-                    this.metrics.grpc.handled(s, UNKNOWN);
+                    this.counters.handled(s, UNKNOWN);
                 }
                 Err(e)
             }
@@ -264,7 +262,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         slot: Option<usize>,
-        metrics: Arc<StoreMetrics>,
+        counters: Arc<GrpcCounters>,
     }
 }
 
@@ -284,7 +282,7 @@ impl<B: Body> Body for CountedBody<B> {
                 Some(Err(_)) | None => Some(UNKNOWN),
             };
             if let Some(code) = code {
-                this.metrics.grpc.handled(s, code);
+                this.counters.handled(s, code);
                 *this.slot = None;
             }
         }

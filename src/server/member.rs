@@ -104,7 +104,7 @@ impl Member {
         let routes = extra(ctx.clone(), grpc::router(ctx.clone()));
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .layer(GrpcMetricsLayer::new(counters))
+                .layer(GrpcMetricsLayer::new(counters.grpc.clone()))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;

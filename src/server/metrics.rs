@@ -27,7 +27,7 @@ pub struct StoreMetrics {
     pub(crate) proposals_pending: AtomicI64,
     pub(crate) puts: AtomicU64,
     pub(crate) deletes: AtomicU64,
-    pub(crate) grpc: GrpcCounters,
+    pub(crate) grpc: Arc<GrpcCounters>,
 }
 
 impl StoreMetrics {
