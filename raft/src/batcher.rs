@@ -242,7 +242,8 @@ fn approx_size(cmd: &Command) -> usize {
         | Command::LeaseGrant { .. }
         | Command::LeaseRevoke { .. }
         | Command::LeaseExpire { .. }
-        | Command::ForgetMember { .. } => FIXED,
+        | Command::ForgetMember { .. }
+        | Command::Alarm { .. } => FIXED,
     }
 }
 

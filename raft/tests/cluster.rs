@@ -624,20 +624,6 @@ async fn concurrent_reads_see_acknowledged_writes() {
     c.shutdown_all().await;
 }
 
-/// Copy a directory tree (a stopped member's database).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_does_not_resume_its_old_term() {
     // openraft 0.9 restores a member whose persisted vote is its own committed one as leader at

@@ -77,6 +77,13 @@ pub struct StoreArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Raise the NOSPACE alarm (and refuse writes that add data) when the db exceeds this
+    /// many bytes; 0 = the default, 2 GiB.
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// URLs to also serve /metrics, /health, /livez and /readyz on (HTTP; the first is used).
+    #[arg(long, value_parser = parse_url_list)]
+    pub listen_metrics_urls: Option<UrlList>,
     /// Log level: debug, info, warn, error (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -310,6 +317,7 @@ impl StoreArgs {
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
+                quota_backend_bytes: self.quota_backend_bytes,
             },
             auto_compaction,
         })
@@ -320,7 +328,8 @@ impl StoreArgs {
 /// and wait (bounded) until the cluster has a leader.
 pub async fn start_embedded(store: &StoreArgs) -> anyhow::Result<Member> {
     let cfg = store.member_config_with(EMBEDDED_DEFAULTS)?;
-    let member = crate::services::start_member(cfg).await?;
+    let mut member = crate::services::start_member(cfg).await?;
+    serve_metrics_urls(store, &mut member).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     while member.raft().status().leader.is_none() {
         if tokio::time::Instant::now() >= deadline {
@@ -332,6 +341,23 @@ pub async fn start_embedded(store: &StoreArgs) -> anyhow::Result<Member> {
     Ok(member)
 }
 
+/// Serve the monitoring endpoints on the first `--listen-metrics-urls`, if given.
+async fn serve_metrics_urls(args: &StoreArgs, member: &mut Member) -> anyhow::Result<()> {
+    let Some(list) = &args.listen_metrics_urls else {
+        return Ok(());
+    };
+    let addr = list
+        .first()
+        .ok_or(UrlError::Empty)
+        .and_then(HttpUrl::socket_addr)
+        .map_err(|source| ConfigError::Url {
+            flag: "listen-metrics-urls",
+            source,
+        })?;
+    member.serve_metrics(addr).await?;
+    Ok(())
+}
+
 /// Entry point of `crawler store`.
 pub fn main(args: StoreArgs) -> ExitCode {
     init_logging(&args.log_level);
@@ -341,7 +367,8 @@ pub fn main(args: StoreArgs) -> ExitCode {
 /// Run a member until Ctrl-C or SIGTERM.
 async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let cfg = args.member_config()?;
-    let member = crate::services::start_member(cfg).await?;
+    let mut member = crate::services::start_member(cfg).await?;
+    serve_metrics_urls(&args, &mut member).await?;
     {
         // The ready line is the contract with scripts and tests that spawn the binary.
         let mut out = std::io::stdout().lock();

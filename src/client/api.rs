@@ -89,6 +89,10 @@ impl From<crawler_storage::ApplyError> for KvError {
                 code: "Internal".to_string(),
                 message: e.to_string(),
             },
+            A::NoSpace => KvError::Other {
+                code: "ResourceExhausted".to_string(),
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -229,6 +229,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
         .merge(super::task_http::routes())
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(super::metrics::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

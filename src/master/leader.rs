@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::assign::Load;
+use super::counters::MasterCounters;
 use super::resources::{Fence, StoredResource, WriteError};
 use super::state::{Inner, Term};
 use crate::client::{
@@ -136,6 +137,7 @@ async fn lead(
         create_revision = leadership.create_revision(),
         "became master leader"
     );
+    MasterCounters::inc(&inner.counters.became_leader);
     let mut work = tokio::spawn(work(inner.clone(), term.clone()));
     let was_stopped = tokio::select! {
         _ = leadership.lost() => {
@@ -153,6 +155,7 @@ async fn lead(
     term.end();
     work.abort();
     inner.term.send_replace(None);
+    MasterCounters::inc(&inner.counters.lost_leadership);
     if was_stopped {
         match tokio::time::timeout(CLEANUP_TIMEOUT, leadership.resign()).await {
             Ok(Ok(())) => tracing::info!(master = %inner.value, "resigned master leadership"),
@@ -308,6 +311,9 @@ pub async fn reconcile(
                 if let Some(n) = &node {
                     load.add(&n.id);
                 }
+                if !r.assigned_node.is_empty() {
+                    MasterCounters::inc(&inner.counters.assignments);
+                }
                 tracing::info!(resource = %r.name, id = %r.id, node = %r.assigned_node, "seed added");
             }
             Err(e) => {
@@ -362,8 +368,10 @@ pub async fn reconcile(
                 let what = if r.assigned_node.is_empty() {
                     "resource unassigned: no live worker"
                 } else if s.resource.assigned_node.is_empty() {
+                    MasterCounters::inc(&inner.counters.assignments);
                     "resource assigned"
                 } else {
+                    MasterCounters::inc(&inner.counters.reassignments);
                     "resource reassigned"
                 };
                 tracing::info!(
@@ -487,6 +495,7 @@ async fn rebalance(inner: &Inner, term: &Term) -> Result<(), LeadError> {
         };
         match inner.store.update(&term.fence, &r, s.mod_revision).await {
             Ok(rev) => {
+                MasterCounters::inc(&inner.counters.reassignments);
                 tracing::info!(resource = %r.name, id = %r.id, from = %s.resource.assigned_node, to = %r.assigned_node, "resource rebalanced");
                 if let Some(list) = by_node.get_mut(&idle) {
                     list.push(StoredResource {

@@ -13,11 +13,13 @@
 
 pub(crate) mod api;
 pub(crate) mod assign;
+pub(crate) mod counters;
 pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub(crate) mod http_body;
 pub(crate) mod leader;
+pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod resources;
 pub(crate) mod state;
@@ -318,6 +320,7 @@ impl Master {
             op_lock: tokio::sync::Mutex::new(()),
             forward: forward::Forwarder::new(cfg.api_token.clone()),
             api_token: cfg.api_token.clone(),
+            counters: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let workers_task = tokio::spawn(workers.run());

@@ -131,6 +131,9 @@ impl Inner {
         };
         match self.store.create(&term.fence, &resource).await {
             Ok(_) => {
+                if !resource.assigned_node.is_empty() {
+                    super::counters::MasterCounters::inc(&self.counters.assignments);
+                }
                 tracing::info!(resource = %name, id = %resource.id, node = %resource.assigned_node, "resource added");
                 Ok(AddOutcome { resource, node })
             }

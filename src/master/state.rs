@@ -106,6 +106,8 @@ pub struct Inner {
     pub forward: Forwarder,
     /// The bearer token the APIs require, if any.
     pub api_token: Option<String>,
+    /// Counters shown on `GET /metrics`.
+    pub counters: super::counters::MasterCounters,
 }
 
 impl Inner {

@@ -11,9 +11,12 @@ use tokio::task::JoinHandle;
 
 use crate::server::compactor::{AutoCompaction, Compactor};
 use crate::server::grpc::{self, ApiContext};
+use crate::server::grpc_metrics::GrpcMetricsLayer;
+use crate::server::http::Monitor;
 use crate::server::lessor::{Lessor, LessorConfig};
 pub use crate::server::limits::Limits;
-use crate::server::transport::AuthorityShim;
+use crate::server::listener;
+use crate::server::metrics::{self, CountingObserver, StoreMetrics};
 use crate::server::watch_hub::WatchHub;
 
 /// How long `shutdown` lets open gRPC calls (watch streams, keep-alives) finish.
@@ -39,6 +42,10 @@ pub struct Member {
     compactor: Option<Compactor>,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The monitoring endpoints' router (also served on `--listen-metrics-urls`).
+    http: axum::Router,
+    /// Accept loop, db size sampler, leader watch, metrics listeners: aborted on shutdown.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Member {
@@ -62,26 +69,42 @@ impl Member {
             .context("client listener has no local address")?;
 
         let hub = WatchHub::new();
+        let counters = Arc::new(StoreMetrics::default());
         let lease_timing =
             LessorConfig::from_timing(cfg.node.heartbeat_interval_ms, cfg.node.election_timeout_ms);
-        let raft = RaftNode::start(cfg.node, hub.clone())
+        let quorum_timeout = Duration::from_millis(cfg.node.election_timeout_ms.max(100));
+        let observer = Arc::new(CountingObserver {
+            metrics: counters.clone(),
+            inner: hub.clone(),
+        });
+        let raft = RaftNode::start(cfg.node, observer)
             .await
             .context("cannot start raft")?;
         hub.attach(raft.store().clone());
         let lessor = Lessor::start_with(raft.clone(), lease_timing);
         let compactor = Compactor::start(raft.clone(), cfg.auto_compaction);
-        let ctx = ApiContext::new(raft, hub, lessor, cfg.limits);
+        let ctx = ApiContext::new(raft, hub, lessor, cfg.limits).with_metrics(counters.clone());
+        let mut tasks = vec![
+            ctx.quota.start_sampler(ctx.raft.clone()),
+            metrics::spawn_leader_watch(&ctx.raft, counters.clone()),
+        ];
+        let http = crate::server::http::router(Arc::new(Monitor {
+            ctx: ctx.clone(),
+            registry: metrics::registry(ctx.raft.clone(), counters.clone(), ctx.quota.clone()),
+            quorum_timeout,
+        }));
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // Every connection goes through the `:authority` shim: etcdctl 3.4 sends
-        // `http://host:port` as authority on some commands, which h2 would reject.
-        let incoming = tokio_stream::StreamExt::map(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            |conn| conn.map(AuthorityShim::new),
-        );
+        // HTTP/2 connections go through the `:authority` shim (etcdctl 3.4 sends
+        // `http://host:port` as authority on some commands, which h2 would reject); HTTP/1
+        // ones get the monitoring endpoints.
+        let (conns, accept) = listener::spawn_accept(listener, http.clone());
+        tasks.push(accept);
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(conns);
         let routes = extra(ctx.clone(), grpc::router(ctx.clone()));
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(GrpcMetricsLayer::new(counters.grpc.clone()))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
@@ -99,7 +122,21 @@ impl Member {
             compactor,
             stop_server: Some(stop_tx),
             server,
+            http,
+            tasks,
         })
+    }
+
+    /// Also serve `/metrics`, `/health`, `/livez` and `/readyz` on `addr`
+    /// (`--listen-metrics-urls`); returns the address bound.
+    pub async fn serve_metrics(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let bound = l.local_addr().context("metrics listener has no address")?;
+        self.tasks.push(listener::spawn_http(l, self.http.clone()));
+        tracing::info!(metrics = %bound, "serving /metrics and /health");
+        Ok(bound)
     }
 
     /// Address the client API actually bound.
@@ -131,6 +168,9 @@ impl Member {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
         // Long-lived streams (watch, keep-alive) would hold a graceful shutdown forever.
         match tokio::time::timeout(GRACEFUL_SHUTDOWN, &mut self.server).await {

@@ -1,4 +1,6 @@
-//! Small helpers every floor shares, written once: URL and address parsing, time formatting.
+//! Small helpers every floor shares, written once: URL and address parsing, time formatting,
+//! Prometheus text rendering.
 
+pub(crate) mod prometheus;
 pub(crate) mod time;
 pub(crate) mod url;

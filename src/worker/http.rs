@@ -1,6 +1,6 @@
 //! The worker's HTTP API: `GET /tasks` (the runs this worker is responsible for),
 //! `GET /health` (liveness: always 200) and `GET /readyz` (200 while registered with a live
-//! lease and watching its assignments, else 503).
+//! lease and watching its assignments, else 503) and `GET /metrics` (Prometheus text).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/tasks", get(tasks))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(super::metrics::metrics))
         .with_state(shared)
 }
 

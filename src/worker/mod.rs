@@ -23,6 +23,7 @@
 
 mod assignments;
 pub mod http;
+mod metrics;
 mod progress;
 mod registration;
 pub mod retry;

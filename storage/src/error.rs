@@ -24,6 +24,9 @@ pub enum ApplyError {
     /// malformed command (a batch nested in a batch).
     #[error("etcdserver: storage error: {0}")]
     Internal(String),
+    /// A write that adds data while the NOSPACE alarm is active (etcd's `ErrNoSpace`).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// Any error of the storage layer.

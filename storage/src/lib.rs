@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod error;
 pub mod log_store;
+pub mod metrics;
 pub mod state_machine;
 pub mod types;
 

@@ -323,6 +323,20 @@ impl StoreReader {
             .map(|h| (h, st.current))
             .map_err(read_fault)
     }
+    /// Active alarms, sorted.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.shared.state.read().alarms.iter().copied().collect()
+    }
+    /// Number of keys with a live version (etcd's `keys_total`).
+    pub fn key_count(&self) -> usize {
+        self.shared
+            .state
+            .read()
+            .index
+            .iter()
+            .filter(|(_, ki)| ki.is_live())
+            .count()
+    }
     /// Approximate size of the database on disk, bytes.
     pub fn db_size(&self) -> u64 {
         self.shared.db.size_on_disk().unwrap_or(0)

@@ -256,6 +256,49 @@ pub enum Command {
         id: i64,
         term: u64,
     },
+    /// Raise (`activate`) or clear an alarm of member `member` (etcd's `AlarmRequest`); a
+    /// `member` of 0 with `activate: false` clears that alarm on every member. Appended last,
+    /// so the log's encoding of the other commands is unchanged.
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: AlarmType,
+    },
+}
+
+/// An alarm kind, numbered as etcd's `AlarmType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// The database passed `--quota-backend-bytes`: writes that add data are refused.
+    NoSpace,
+    /// A corruption check found members disagreeing.
+    Corrupt,
+}
+
+/// One active alarm: which member raised it and what kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    pub member: u64,
+    pub alarm: AlarmType,
+}
+
+impl Command {
+    /// Whether etcd's capped applier refuses this command while a NOSPACE alarm is active:
+    /// puts, txns that may put, lease grants (deletes, compaction, revokes go on).
+    pub fn adds_data(&self) -> bool {
+        fn ops_put(ops: &[RequestOp]) -> bool {
+            ops.iter().any(|op| match op {
+                RequestOp::Put(_) => true,
+                RequestOp::Txn(t) => ops_put(&t.success) || ops_put(&t.failure),
+                _ => false,
+            })
+        }
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => ops_put(&t.success) || ops_put(&t.failure),
+            _ => false,
+        }
+    }
 }
 
 /// The result of applying one command, decided deterministically on every member.

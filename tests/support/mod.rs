@@ -16,6 +16,7 @@ pub mod masters;
 pub mod our_store;
 pub mod ports;
 pub mod process;
+pub mod scrape;
 pub mod sql_servers;
 pub mod synth;
 pub mod wait;

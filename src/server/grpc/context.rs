@@ -1,6 +1,7 @@
 //! State shared by every gRPC service of one member, and the helpers each handler needs:
 //! response headers, read guards, replicated writes and request size checks.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crawler_proto::etcdserverpb::ResponseHeader;
@@ -11,6 +12,8 @@ use tonic::Status;
 use super::error;
 use crate::server::lessor::Lessor;
 use crate::server::limits::Limits;
+use crate::server::metrics::StoreMetrics;
+use crate::server::quota::Quota;
 use crate::server::watch_hub::WatchHub;
 
 /// Handles of one member that the API layer works on. Cheap to clone.
@@ -24,17 +27,40 @@ pub struct ApiContext {
     pub lessor: Arc<Lessor>,
     /// Client request limits.
     pub limits: Limits,
+    /// The member's counters (`/metrics`).
+    pub metrics: Arc<StoreMetrics>,
+    /// The space quota and the last measured db size.
+    pub quota: Arc<Quota>,
 }
 
 impl ApiContext {
     /// Bundle a member's handles.
     pub fn new(raft: RaftNode, hub: Arc<WatchHub>, lessor: Arc<Lessor>, limits: Limits) -> Self {
+        let quota = Arc::new(Quota::new(limits.quota_backend_bytes));
         Self {
             raft,
             hub,
             lessor,
             limits,
+            metrics: Arc::default(),
+            quota,
         }
+    }
+
+    /// The same handles counting into `metrics` (the member's, shared with its apply observer).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<StoreMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// etcd's quota check in front of a write: over the quota, a write that adds data raises
+    /// the NOSPACE alarm and is refused with `etcdserver: mvcc: database space exceeded`.
+    pub(crate) fn check_quota(&self, cmd: &Command) -> Result<(), Status> {
+        if self.quota.exceeded() && cmd.adds_data() {
+            self.quota.raise_alarm(&self.raft);
+            return Err(error::no_space());
+        }
+        Ok(())
     }
 
     /// A response header at the store's current revision.
@@ -66,11 +92,16 @@ impl ApiContext {
 
     /// Replicate `cmd` through raft and return the revision after it applied with its result.
     pub(crate) async fn write(&self, cmd: Command) -> Result<(i64, CommandResult), Status> {
-        let resp = self
-            .raft
-            .write(cmd)
-            .await
-            .map_err(|e| error::status_from_raft(&e))?;
+        let pending = &self.metrics.proposals_pending;
+        pending.fetch_add(1, Ordering::Relaxed);
+        let resp = self.raft.write(cmd).await;
+        pending.fetch_sub(1, Ordering::Relaxed);
+        let resp = resp.map_err(|e| {
+            self.metrics
+                .proposals_failed
+                .fetch_add(1, Ordering::Relaxed);
+            error::status_from_raft(&e)
+        })?;
         match resp.result {
             Ok(result) => Ok((resp.revision, result)),
             Err(e) => Err(error::status_from_apply(&e)),

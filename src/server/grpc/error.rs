@@ -97,6 +97,11 @@ pub(crate) fn learner_not_ready() -> Status {
 }
 
 /// `etcdserver: request is too large` (InvalidArgument).
+/// etcd's `ErrGRPCNoSpace`: a write that adds data while the db is over its quota.
+pub(crate) fn no_space() -> Status {
+    Status::resource_exhausted(ApplyError::NoSpace.to_string())
+}
+
 pub(crate) fn request_too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
 }
@@ -131,6 +136,7 @@ pub(crate) fn status_from_apply(err: &ApplyError) -> Status {
         ApplyError::KeyNotFound => key_not_found(),
         ApplyError::StaleExpiry => Status::unavailable(err.to_string()),
         ApplyError::Internal(msg) => Status::internal(format!("etcdserver: storage error: {msg}")),
+        ApplyError::NoSpace => no_space(),
     }
 }
 
@@ -159,6 +165,7 @@ pub(crate) fn status_from_lease(err: &LeaseError) -> Status {
         LeaseError::Exists => lease_exist(),
         LeaseError::TtlTooLarge => lease_ttl_too_large(),
         LeaseError::Raft(e) => status_from_raft(e),
+        LeaseError::Other(msg) if *msg == ApplyError::NoSpace.to_string() => no_space(),
         LeaseError::Other(msg) => Status::new(Code::Unknown, msg.clone()),
     }
 }

@@ -58,7 +58,9 @@ impl Kv for KvService {
         let req = convert::put_from_proto(r);
         check_put(&req)?;
         size?;
-        let (rev, result) = self.ctx.write(Command::Put(req)).await?;
+        let cmd = Command::Put(req);
+        self.ctx.check_quota(&cmd)?;
+        let (rev, result) = self.ctx.write(cmd).await?;
         match result {
             CommandResult::Put(p) => Ok(Response::new(convert::put_resp_to_proto(
                 p,
@@ -113,7 +115,9 @@ impl Kv for KvService {
                 self.ctx.header_with_revision(rev),
             )));
         }
-        let (rev, result) = self.ctx.write(Command::Txn(txn)).await?;
+        let cmd = Command::Txn(txn);
+        self.ctx.check_quota(&cmd)?;
+        let (rev, result) = self.ctx.write(cmd).await?;
         match result {
             CommandResult::Txn(t) => Ok(Response::new(convert::txn_resp_to_proto(
                 t,

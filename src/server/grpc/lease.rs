@@ -41,6 +41,11 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let r = request.into_inner();
+        self.ctx
+            .check_quota(&crawler_storage::Command::LeaseGrant {
+                id: r.id,
+                ttl: r.ttl,
+            })?;
         let (id, ttl) = self
             .ctx
             .lessor

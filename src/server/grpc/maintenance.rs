@@ -1,5 +1,6 @@
 //! etcd's Maintenance service: what `etcdctl endpoint status` and `endpoint health` need (Status,
-//! Alarm), Snapshot (a backup stream), Hash and HashKV, harmless answers for Defragment, and
+//! Alarm: the replicated alarm list, raised by the space quota), Snapshot (a backup stream), Hash
+//! and HashKV, Defragment (nothing to do on sled, see the README's "Quotas"), and
 //! `Unimplemented` for the rest.
 
 use std::pin::Pin;
@@ -7,6 +8,7 @@ use std::pin::Pin;
 use crawler_proto::etcdserverpb as pb;
 use crawler_proto::etcdserverpb::maintenance_server::Maintenance;
 use crawler_storage::backup::Chunk;
+use crawler_storage::{AlarmMember, AlarmType, Command};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -15,6 +17,24 @@ use super::error::status_from_apply;
 
 /// Bytes per `SnapshotResponse` blob (etcd's 32 KiB).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+fn alarm_from_proto(v: i32) -> Option<AlarmType> {
+    match pb::AlarmType::try_from(v) {
+        Ok(pb::AlarmType::Nospace) => Some(AlarmType::NoSpace),
+        Ok(pb::AlarmType::Corrupt) => Some(AlarmType::Corrupt),
+        _ => None,
+    }
+}
+
+fn alarm_to_proto(a: &AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: a.member,
+        alarm: match a.alarm {
+            AlarmType::NoSpace => pb::AlarmType::Nospace,
+            AlarmType::Corrupt => pb::AlarmType::Corrupt,
+        } as i32,
+    }
+}
 
 /// The server version reported by `Status` (the etcd API level we serve).
 pub(crate) const SERVER_VERSION: &str = "3.5.0";
@@ -40,13 +60,49 @@ pub(crate) type SnapshotStream =
 impl Maintenance for MaintenanceService {
     async fn alarm(
         &self,
-        _request: Request<pb::AlarmRequest>,
+        request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        // We raise no alarms (no space quota, no corruption check), so GET lists none and
-        // ACTIVATE/DEACTIVATE change nothing.
+        let r = request.into_inner();
+        let kind = alarm_from_proto(r.alarm);
+        let store = self.ctx.raft.store();
+        let matching = |a: &AlarmMember| {
+            kind.is_none_or(|k| a.alarm == k) && (r.member_id == 0 || a.member == r.member_id)
+        };
+        let alarms = match pb::alarm_request::AlarmAction::try_from(r.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => {
+                store.alarms().into_iter().filter(|a| matching(a)).collect()
+            }
+            Ok(action) => {
+                let activate = action == pb::alarm_request::AlarmAction::Activate;
+                let Some(alarm) = kind else {
+                    // etcd: activating NONE does nothing; deactivating it matches nothing.
+                    return Ok(Response::new(pb::AlarmResponse {
+                        header: Some(self.ctx.header()),
+                        alarms: Vec::new(),
+                    }));
+                };
+                let before: Vec<AlarmMember> = store.alarms();
+                self.ctx
+                    .write(Command::Alarm {
+                        activate,
+                        member: r.member_id,
+                        alarm,
+                    })
+                    .await?;
+                if activate {
+                    vec![AlarmMember {
+                        member: r.member_id,
+                        alarm,
+                    }]
+                } else {
+                    before.into_iter().filter(|a| matching(a)).collect()
+                }
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.ctx.header()),
-            alarms: Vec::new(),
+            alarms: alarms.iter().map(alarm_to_proto).collect(),
         }))
     }
 
@@ -65,7 +121,19 @@ impl Maintenance for MaintenanceService {
             raft_index: st.commit_index,
             raft_term: st.term,
             raft_applied_index: st.applied_index,
-            errors: Vec::new(),
+            // etcd lists the active alarms here (`endpoint status` ERRORS column).
+            errors: store
+                .alarms()
+                .iter()
+                .map(|a| {
+                    let name = if a.alarm == AlarmType::NoSpace {
+                        "NOSPACE"
+                    } else {
+                        "CORRUPT"
+                    };
+                    format!("memberID:{} alarm:{} ", a.member, name)
+                })
+                .collect(),
             db_size_in_use: db_size,
             is_learner: st.is_learner,
         }))
@@ -75,7 +143,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        // sled manages its own space; there is nothing to defragment on demand.
+        // sled reuses the space compaction frees and has no defragmentation (README, Quotas).
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.ctx.header()),
         }))

@@ -93,6 +93,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let res = db
             .flush()
             .map_err(|e| e.to_string())
@@ -100,6 +101,7 @@ fn run(
                 Some(f) => f.sync_data().map_err(|e| format!("fdatasync: {e}")),
                 None => Ok(()),
             });
+        crate::metrics::WAL_FSYNC.observe(started.elapsed());
         flushes.fetch_add(1, Ordering::AcqRel);
         match res {
             Ok(_) => batch.into_iter().for_each(|done| done(Ok(()))),

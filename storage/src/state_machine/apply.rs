@@ -29,6 +29,10 @@ fn apply_command(
     term: u64,
     notify: &mut Vec<(i64, Vec<Event>)>,
 ) -> Result<Result<CommandResult, ApplyError>, StoreError> {
+    if st.no_space() && cmd.adds_data() {
+        // etcd's capped applier: deterministic on every member, since the alarm is replicated.
+        return Ok(Err(ApplyError::NoSpace));
+    }
     let mut w = WriteCtx::new(st, tree, term);
     match w.command(cmd) {
         Ok(res) => {

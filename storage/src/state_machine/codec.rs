@@ -31,6 +31,8 @@ pub(crate) const META_MEMBERSHIP: &str = "membership";
 pub(crate) const META_REVISION: &str = "revision";
 /// Meta name of the compact revision.
 pub(crate) const META_COMPACT: &str = "compact";
+/// Meta name of the active alarms (a sorted list of [`crate::types::AlarmMember`]).
+pub(crate) const META_ALARMS: &str = "alarms";
 
 /// One stored version of a key. A tombstone ends the key's generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

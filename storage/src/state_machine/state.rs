@@ -7,7 +7,7 @@
 //! 1-client puts at ~1.5k/s against ~2.0k/s grouped (BENCHMARKS.md). The raft log keeps every
 //! committed entry durably, so changes not yet persisted are re-applied after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ pub(crate) struct State {
     pub index: Index,
     pub leases: LeaseTable,
     pub members: BTreeMap<u64, MemberAttrs>,
+    /// Active alarms (etcd's alarm store), replicated through `Command::Alarm`.
+    pub alarms: BTreeSet<AlarmMember>,
     /// Current revision (1 on an empty store).
     pub current: i64,
     /// Revision at or below which history was compacted (0 if never).
@@ -95,6 +97,7 @@ impl State {
             index: Index::new(),
             leases: LeaseTable::default(),
             members: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             current: 1,
             compact: 0,
             applied: None,
@@ -102,6 +105,11 @@ impl State {
             pending: BTreeMap::new(),
             unpersisted: Unpersisted::default(),
         }
+    }
+
+    /// Whether the NOSPACE alarm is active (raised by any member).
+    pub fn no_space(&self) -> bool {
+        self.alarms.iter().any(|a| a.alarm == AlarmType::NoSpace)
     }
 
     /// Whether the changes applied in memory are due to be written to sled.
@@ -178,6 +186,10 @@ impl State {
                     Ok(codec::META_MEMBERSHIP) => st.membership = Some(v.to_vec()),
                     Ok(codec::META_REVISION) => meta_rev = codec::decode_i64(v)?,
                     Ok(codec::META_COMPACT) => st.compact = codec::decode_i64(v)?,
+                    Ok(codec::META_ALARMS) => {
+                        let list: Vec<AlarmMember> = codec::decode(v)?;
+                        st.alarms = list.into_iter().collect();
+                    }
                     _ => tracing::warn!(key = ?k, "state machine: unknown meta row ignored"),
                 },
                 Some(codec::LEASE) => {

@@ -36,6 +36,7 @@ enum Undo {
     Granted(i64),
     Revoked(i64, LeaseEntry),
     Member(u64, Option<MemberAttrs>),
+    Alarms(std::collections::BTreeSet<AlarmMember>),
 }
 
 /// The outcome of one successful command.
@@ -322,6 +323,32 @@ impl<'a> WriteCtx<'a> {
         Ok(CommandResult::Done)
     }
 
+    /// Raise or clear an alarm (etcd's alarm store: persisted, the same on every member).
+    pub fn alarm(
+        &mut self,
+        activate: bool,
+        member: u64,
+        alarm: AlarmType,
+    ) -> Result<CommandResult, Fault> {
+        let old = self.st.alarms.clone();
+        if activate {
+            self.st.alarms.insert(AlarmMember { member, alarm });
+        } else {
+            self.st
+                .alarms
+                .retain(|a| !(a.alarm == alarm && (member == 0 || a.member == member)));
+        }
+        if self.st.alarms != old {
+            let list: Vec<AlarmMember> = self.st.alarms.iter().copied().collect();
+            self.ops.push((
+                codec::meta_key(codec::META_ALARMS),
+                Some(codec::encode(&list)?),
+            ));
+        }
+        self.undo.push(Undo::Alarms(old));
+        Ok(CommandResult::Done)
+    }
+
     /// Execute one command.
     pub fn command(&mut self, cmd: &Command) -> Result<CommandResult, Fault> {
         match cmd {
@@ -335,6 +362,11 @@ impl<'a> WriteCtx<'a> {
             Command::LeaseExpire { .. } => Err(ApplyError::StaleExpiry.into()),
             Command::PublishMember { id, attrs } => self.publish_member(*id, attrs),
             Command::ForgetMember { id } => self.forget_member(*id),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => self.alarm(*activate, *member, *alarm),
             // `apply_entries` unpacks batches; one reaching here was nested in another.
             Command::Batch(_) => Err(ApplyError::Internal("nested batch command".into()).into()),
         }
@@ -385,6 +417,7 @@ impl<'a> WriteCtx<'a> {
                     self.st.leases.remove(id);
                 }
                 Undo::Revoked(id, entry) => self.st.leases.restore(id, entry),
+                Undo::Alarms(old) => self.st.alarms = old,
                 Undo::Member(id, old) => match old {
                     Some(a) => {
                         self.st.members.insert(id, a);
