@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, ELECTION_MS};
 use support::etcdctl::ok;
-use support::masters::MasterProc;
+use support::masters::{member_args, MasterProc};
 use support::ports::free_port;
 use support::scrape::{get, has_histogram, scrape, value};
 use support::wait::wait_until;
@@ -132,19 +132,7 @@ fn master_and_worker_metrics() {
     )
     .expect("write config");
     let (c, p) = (free_port(), free_port());
-    let store_args: Vec<String> = [
-        "--data-dir".to_string(),
-        dir.path().join("m1").display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--advertise-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--listen-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-        "--initial-advertise-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-    ]
-    .to_vec();
+    let store_args = member_args(&dir.path().join("m1"), c, p);
     let mut m = MasterProc::spawn(1, &cfg, dir.path(), &store_args);
     m.wait_started();
     let endpoint = format!("127.0.0.1:{c}");

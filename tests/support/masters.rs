@@ -136,6 +136,23 @@ pub async fn ready_leader(ms: &[MasterProc], dead: Option<usize>, within: Durati
     }
 }
 
+/// The embedded member's flags: data dir, and client and peer URLs on 127.0.0.1 ports.
+pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
+    let (c, p) = (client_port, peer_port);
+    vec![
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--listen-client-urls".into(),
+        format!("http://127.0.0.1:{c}"),
+        "--advertise-client-urls".into(),
+        format!("http://127.0.0.1:{c}"),
+        "--listen-peer-urls".into(),
+        format!("http://127.0.0.1:{p}"),
+        "--initial-advertise-peer-urls".into(),
+        format!("http://127.0.0.1:{p}"),
+    ]
+}
+
 /// Three masters, each embedding one member of a new three-member store; the store's client
 /// URLs.
 pub fn spawn_three_masters(dir: &Path, config: &Path) -> (Vec<MasterProc>, Vec<String>) {
@@ -151,19 +168,10 @@ pub fn spawn_three_masters(dir: &Path, config: &Path) -> (Vec<MasterProc>, Vec<S
         .enumerate()
         .map(|(i, (c, p))| {
             let n = i + 1;
-            let args: Vec<String> = [
+            let mut args = member_args(&dir.join(format!("n{n}")), *c, *p);
+            let more: Vec<String> = [
                 "--name".to_string(),
                 format!("n{n}"),
-                "--data-dir".into(),
-                dir.join(format!("n{n}")).display().to_string(),
-                "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{c}"),
-                "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{c}"),
-                "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{p}"),
-                "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{p}"),
                 "--initial-cluster".into(),
                 cluster.clone(),
                 "--initial-cluster-state".into(),
@@ -176,6 +184,7 @@ pub fn spawn_three_masters(dir: &Path, config: &Path) -> (Vec<MasterProc>, Vec<S
                 "1000".into(),
             ]
             .into();
+            args.extend(more);
             MasterProc::spawn(n as u64, config, dir, &args)
         })
         .collect();
